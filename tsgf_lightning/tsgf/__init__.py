@@ -1,0 +1,29 @@
+"""Pure tensor functions of TSGF: saliency and mask (Eq. 6-8), BN matching (Eq. 5), gated VideoMix, KD loss."""
+
+from tsgf_lightning.tsgf.bn_stats import BNStatistics
+from tsgf_lightning.tsgf.losses import soft_label_kd
+from tsgf_lightning.tsgf.saliency import (
+    frame_differences,
+    key_frames,
+    saliency_threshold,
+    smooth_saliency,
+    temporal_saliency,
+    tsgf_mask,
+    window_weights,
+)
+from tsgf_lightning.tsgf.videomix import cutmix_boxes, gated_videomix, mixed_fraction
+
+__all__ = [
+    "BNStatistics",
+    "cutmix_boxes",
+    "frame_differences",
+    "gated_videomix",
+    "key_frames",
+    "mixed_fraction",
+    "saliency_threshold",
+    "smooth_saliency",
+    "soft_label_kd",
+    "temporal_saliency",
+    "tsgf_mask",
+    "window_weights",
+]

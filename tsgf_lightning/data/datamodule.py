@@ -1,0 +1,266 @@
+"""The one LightningDataModule shared by the teacher, synthesis and student stages.
+
+What it serves for training is chosen by ``train_set``:
+
+- ``real``: every real training clip (teacher), with clip-consistent random crop/flip;
+- ``random``: ``ipc`` random real clips per class (seeded by ``subset_seed``), centre-cropped to
+  ``size`` exactly like a synthesis initialisation, then augmented like a distilled set: the
+  ``random`` and ``random+student`` baselines;
+- ``distilled``: the videos of ``distilled_path`` (``distilled.pt``; checked against the config);
+- ``none``: ``steps_per_epoch`` empty batches, for SynthesisModule, whose parameters are the data.
+
+Validation is a carve-out of the training split by source group (``val_fraction``; never the test
+split, so hyper-parameters can be chosen honestly); test is the real test split. Real videos are
+decoded once with PyAV into a cache (:mod:`~tsgf_lightning.data.cache`) in ``prepare_data``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, TypedDict
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..video import IMAGENET_MEAN, IMAGENET_STD
+from .cache import ClipSpec, DecodedSplit, load_or_decode
+from .decode import Sampling
+from .distilled import load_distilled
+from .sources import VideoItem, VideoSource, validation_split
+from .transforms import ClipTransform, center_crop
+
+TrainSet = Literal["real", "random", "distilled", "none"]
+
+
+class VideoBatch(TypedDict):
+    """The batch contract of every loader (``none`` batches carry only ``index``)."""
+
+    video: Tensor  # (B, C, T, H, W) float32, normalised
+    label: Tensor  # (B,) int64
+    index: Tensor  # (B,) int64: position in the served set
+
+
+class ClipDataset(Dataset):
+    """Clips ``(N, K, C, T, H, W)`` (uint8, or float in [0, 1]) with labels; one of the K clips per access.
+
+    ``repeats`` serves the set several times per epoch (tiny distilled sets would otherwise make
+    one-step epochs). With K > 1 a random clip of the video is drawn each time (temporal jitter).
+    """
+
+    def __init__(self, clips: Tensor, labels: Tensor, transform: ClipTransform, repeats: int = 1):
+        if clips.dim() == 5:
+            clips = clips.unsqueeze(1)
+        self.clips, self.labels, self.transform, self.repeats = clips, labels, transform, repeats
+
+    def __len__(self) -> int:
+        return len(self.labels) * self.repeats
+
+    def __getitem__(self, i: int) -> dict:
+        i = i % len(self.labels)
+        k = int(torch.randint(self.clips.shape[1], ())) if self.clips.shape[1] > 1 else 0
+        return {"video": self.transform(self.clips[i, k]), "label": self.labels[i], "index": torch.tensor(i)}
+
+
+class _StepDataset(Dataset):
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": torch.tensor(i)}
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Real, random-subset or distilled training clips, a validation carve-out, and the real test set.
+
+    Args:
+        source: the dataset layout (``UCF101``, ``HMDB51``, ``Kinetics``, ``SomethingSomethingV2``,
+            ``VideoFolder``, ``Embedded``), chosen in YAML by ``class_path``.
+        frames: frames per clip ``T``.
+        size: network input height and width (and the stored size of distilled videos).
+        resize: ``(H, W)`` frames are resized to when decoded, before cropping; None = ``(size, size)``.
+        sampling: ``uniform`` (T frames spread over the whole video) or ``fixed_gap`` (VDSD).
+        gap: frame gap for ``fixed_gap``.
+        train_clips_per_video: clips cached per training video (temporal jitter for the teacher);
+            test and validation always use one clip at the video's centre.
+        train_set: what training serves (module docstring).
+        ipc: clips per class for ``train_set: random``.
+        subset_seed: seed of the random subset.
+        distilled_path: the ``distilled.pt`` for ``train_set: distilled``.
+        train_repeats: passes over the training set per epoch.
+        steps_per_epoch: batches per epoch for ``train_set: none``.
+        val_fraction: fraction of training source groups held out for validation (0 = no validation).
+        val_seed: seed of the carve-out.
+        crop_scale, crop_ratio, flip: training augmentation (:class:`ClipTransform`).
+        mean, std: normalisation in [0, 1] pixel units.
+        batch_size: training batch size; eval_batch_size: validation/test batch size (default = batch_size).
+        num_workers: DataLoader workers.
+        cache_dir: where decoded splits are cached.
+        decode_workers: processes decoding videos on first use.
+        max_bad_fraction: unreadable videos tolerated per split (skipped with a warning) before it is an error.
+    """
+
+    def __init__(
+        self,
+        source: VideoSource,
+        frames: int = 8,
+        size: int = 64,
+        resize: tuple[int, int] | None = None,
+        sampling: Sampling = "uniform",
+        gap: int = 4,
+        train_clips_per_video: int = 1,
+        train_set: TrainSet = "real",
+        ipc: int = 1,
+        subset_seed: int = 0,
+        distilled_path: str | None = None,
+        train_repeats: int = 1,
+        steps_per_epoch: int = 100,
+        val_fraction: float = 0.0,
+        val_seed: int = 0,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 1,
+        cache_dir: str = "data/cache",
+        decode_workers: int = 2,
+        max_bad_fraction: float = 0.05,
+    ):
+        super().__init__()
+        for name, value, low in (("frames", frames, 1), ("size", size, 1), ("ipc", ipc, 1), ("batch_size", batch_size, 1),
+                                 ("train_clips_per_video", train_clips_per_video, 1), ("train_repeats", train_repeats, 1)):
+            if value < low:
+                raise ValueError(f"Expected argument `{name}` to be >= {low} but got {value}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"Expected argument `val_fraction` to be in [0, 1) but got {val_fraction}")
+        if train_set == "distilled" and not distilled_path:
+            raise ValueError("`train_set: distilled` needs `distilled_path` (the synthesis stage's distilled.pt)")
+        self.save_hyperparameters(ignore=["source"])
+        self.source = source
+        self.frames, self.size = frames, size
+        self.resize = tuple(resize) if resize is not None else (size, size)
+        self.train_set: TrainSet = train_set
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.eval_batch_size = eval_batch_size or batch_size
+        self._splits: dict[str, DecodedSplit] = {}
+        self.train_data: Dataset | None = None
+        self.val_data: Dataset | None = None
+        self.test_data: Dataset | None = None
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.source.class_names)
+
+    # ------------------------------------------------------------------ decoding
+    def _items(self) -> dict[str, list[VideoItem]]:
+        train = self.source.items("train")
+        fit, val = (validation_split(train, self.hparams.val_fraction, self.hparams.val_seed)
+                    if self.hparams.val_fraction > 0 else (train, []))
+        return {"fit": fit, "val": val, "test": self.source.items("test")}
+
+    def _spec(self, split: str) -> ClipSpec:
+        k = self.hparams.train_clips_per_video if split == "fit" else 1
+        positions = tuple((i + 0.5) / k for i in range(k))
+        return ClipSpec(self.frames, self.resize, self.hparams.sampling, self.hparams.gap, positions)
+
+    def split(self, name: Literal["fit", "val", "test"]) -> DecodedSplit:
+        """A decoded real split (``fit`` = training videos minus the validation carve-out)."""
+        if name not in self._splits:
+            items = self._items()[name]
+            if not items:
+                raise ValueError(f"split {name!r} of {type(self.source).__name__} is empty")
+            self._splits[name] = load_or_decode(self.hparams.cache_dir, self.source.cache_key(), name, items,
+                                                self._spec(name), self.hparams.decode_workers,
+                                                self.hparams.max_bad_fraction)
+        return self._splits[name]
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: decode (or find) every split this run can need.
+        items = self._items()
+        for name in ("fit", "val", "test"):
+            if items[name]:
+                load_or_decode(self.hparams.cache_dir, self.source.cache_key(), name, items[name],
+                               self._spec(name), self.hparams.decode_workers, self.hparams.max_bad_fraction)
+
+    # ------------------------------------------------------------------ real clips at distilled size
+    def real_clips(self, split: Literal["fit", "val", "test"] = "fit") -> tuple[Tensor, Tensor]:
+        """Centre clips of a real split at the distilled resolution: ``uint8 (N, C, T, size, size)``, labels ``(N,)``.
+
+        The middle cached clip of each video, framed as the evaluation transform frames it: what a
+        random subset serves and what synthesis initialises from.
+        """
+        data = self.split(split)
+        k = data.clips.shape[1] // 2
+        return center_crop(data.clips[:, k], self.size), data.labels
+
+    def random_subset(self, ipc: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``ipc`` random real clips per class: ``(clips uint8 (N, C, T, size, size), labels, indices)``.
+
+        Classes in label order, clips of a class in draw order; ``indices`` point into ``split("fit")``.
+        Raises if some class has fewer than ``ipc`` training videos.
+        """
+        clips, labels = self.real_clips("fit")
+        gen = torch.Generator().manual_seed(seed)
+        chosen = []
+        for c in range(self.num_classes):
+            members = torch.nonzero(labels == c).flatten()
+            if len(members) < ipc:
+                raise ValueError(f"class {self.class_names[c]!r} has {len(members)} training videos, fewer than "
+                                 f"ipc={ipc}")
+            chosen.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
+        idx = torch.cat(chosen)
+        return clips[idx], labels[idx], idx
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def _transform(self, train: bool) -> ClipTransform:
+        h = self.hparams
+        return ClipTransform(self.size, train, h.crop_scale, h.crop_ratio, h.flip, self.mean, self.std)
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        if stage == "fit" and self.train_data is None:
+            if self.train_set == "real":
+                data = self.split("fit")
+                self.train_data = ClipDataset(data.clips, data.labels, self._transform(True), h.train_repeats)
+            elif self.train_set == "random":
+                clips, labels, _ = self.random_subset(h.ipc, h.subset_seed)
+                self.train_data = ClipDataset(clips, labels, self._transform(True), h.train_repeats)
+            elif self.train_set == "distilled":
+                d = load_distilled(h.distilled_path, self.num_classes, self.frames, self.size)
+                self.train_data = ClipDataset(d["videos"].float(), d["labels"], self._transform(True), h.train_repeats)
+            else:
+                self.train_data = _StepDataset(h.steps_per_epoch)
+        if stage in ("fit", "validate") and self.val_data is None and h.val_fraction > 0:
+            data = self.split("val")
+            self.val_data = ClipDataset(data.clips, data.labels, self._transform(False))
+        if stage == "test" and self.test_data is None:
+            data = self.split("test")
+            self.test_data = ClipDataset(data.clips, data.labels, self._transform(False))
+
+    def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                          persistent_workers=workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set == "none":
+            return DataLoader(self.train_data, batch_size=1, shuffle=False)
+        return self._loader(self.train_data, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_data, self.eval_batch_size, shuffle=False) if self.val_data is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_data, self.eval_batch_size, shuffle=False)

@@ -1,0 +1,136 @@
+"""StudentModule: train a fresh network on a distilled (or random real) set, evaluate on real test clips.
+
+Post-evaluation as Algorithm 1 ends: each training batch is augmented with VideoMix pasted only
+into the non-key frames (TSGF_A: ``s_i <= eps``; key frames untouched), on top of the DataModule's
+clip-consistent crop/flip, and labelled by the frozen teacher on the augmented clip
+(``y_s = teacher(x_s)``: soft labels, KL with temperature ``tau``, optionally plus a hard-label
+cross-entropy). With hard labels, a mixed clip's label is the voxel-weighted mix of the two labels.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+from torch.nn import functional as F
+
+from ..tsgf import cutmix_boxes, gated_videomix, key_frames, mixed_fraction, soft_label_kd, temporal_saliency
+from ..video import denormalize
+from .classifier import Backbone, Schedule, VideoClassifierModule
+from .frozen import checkpoint_record, drop_teacher_weights, load_teacher, restore_teacher_weights
+
+MixMode = Literal["tsgf", "videomix", "none"]
+
+
+def student_mix(video: Tensor, mode: MixMode, generator: torch.Generator, mean, std, alpha: float = 1.0,
+                window_length: int = 3, window: str = "hann", eps: float = 0.5,
+                eps_mode: Literal["absolute", "quantile"] = "quantile") -> tuple[Tensor, Tensor, Tensor]:
+    """Mix a batch ``(B, C, T, H, W)``: each clip receives a CutMix box from a random partner.
+
+    ``tsgf`` pastes the box only into each clip's own non-key frames (saliency computed in pixel
+    space on the clip as augmented so far), ``videomix`` into every frame, ``none`` leaves the batch.
+
+    Returns:
+        the mixed batch, ``partner`` indices ``(B,)``, and the fraction of each clip's voxels taken
+        from its partner ``(B,)``.
+    """
+    B, C, T, H, W = video.shape
+    if mode == "none" or B < 2:
+        return video, torch.arange(B, device=video.device), torch.zeros(B, device=video.device)
+    partner = torch.randperm(B, generator=generator).to(video.device)
+    boxes = cutmix_boxes(B, H, W, generator, alpha).to(video.device)
+    if mode == "tsgf":
+        with torch.no_grad():
+            s = temporal_saliency(denormalize(video, mean, std), window_length, window)
+            gate = ~key_frames(s, eps, eps_mode)
+    else:
+        gate = torch.ones(B, T, dtype=torch.bool, device=video.device)
+    return gated_videomix(video, partner, boxes, gate), partner, mixed_fraction(boxes, gate, H, W).to(video)
+
+
+class StudentModule(VideoClassifierModule):
+    """A fresh ``backbone`` trained on a distilled set with TSGF_A and teacher relabelling.
+
+    Args:
+        backbone, num_classes, optimizer, schedule, warmup_steps: see ``VideoClassifierModule``.
+        teacher_ckpt: the teacher for soft labels (needed when ``labels: soft``).
+        labels: ``soft`` (teacher on the augmented clip) or ``hard`` (the set's labels).
+        temperature: KL temperature ``tau`` of soft labels (loss scaled by ``tau^2``).
+        hard_weight: weight of an extra hard-label cross-entropy with soft labels.
+        mix: ``tsgf`` (saliency-gated VideoMix), ``videomix`` (every frame), ``none``.
+        mix_prob: probability that a batch is mixed.
+        mix_alpha: Beta parameter of the CutMix box area.
+        window_length, window, eps, eps_mode: saliency for the gate (as in synthesis).
+        seed: seed of the mixing draws (per step and rank).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        teacher_ckpt: str | None = None,
+        labels: Literal["soft", "hard"] = "soft",
+        temperature: float = 4.0,
+        hard_weight: float = 0.0,
+        mix: MixMode = "tsgf",
+        mix_prob: float = 1.0,
+        mix_alpha: float = 1.0,
+        window_length: int = 3,
+        window: Literal["uniform", "hann", "exponential", "linear"] = "hann",
+        eps: float = 0.5,
+        eps_mode: Literal["absolute", "quantile"] = "quantile",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        schedule: Schedule = "cosine",
+        warmup_steps: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(backbone, num_classes, optimizer, schedule, warmup_steps)
+        if labels == "soft" and not teacher_ckpt:
+            raise ValueError("`labels: soft` needs `teacher_ckpt` (the teacher that relabels each augmented clip)")
+        if temperature <= 0:
+            raise ValueError(f"Expected argument `temperature` to be > 0 but got {temperature}")
+        if not 0.0 <= mix_prob <= 1.0:
+            raise ValueError(f"Expected argument `mix_prob` to be in [0, 1] but got {mix_prob}")
+        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        self.teacher = None
+
+    def setup(self, stage: str) -> None:
+        if self.teacher is not None or not self.hparams.teacher_ckpt:
+            return
+        dm = self.trainer.datamodule
+        self.teacher, self.teacher_record = load_teacher(self.hparams.teacher_ckpt, self.num_classes, None,
+                                                         dm.class_names, dm.frames, dm.size)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        h = self.hparams
+        x, y = batch["video"], batch["label"]
+        dm = self.trainer.datamodule
+        gen = torch.Generator().manual_seed((h.seed * 1_000_003 + self.global_step) * 1009 + self.global_rank)
+        mix = h.mix if float(torch.rand((), generator=gen)) < h.mix_prob else "none"
+        x, partner, frac = student_mix(x, mix, gen, dm.mean, dm.std, h.mix_alpha, h.window_length, h.window,
+                                       h.eps, h.eps_mode)
+        logits = self(x)
+        hard = ((1 - frac) * F.cross_entropy(logits, y, reduction="none")
+                + frac * F.cross_entropy(logits, y[partner], reduction="none")).mean()
+        if h.labels == "soft":
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            kd = soft_label_kd(logits, teacher_logits, h.temperature)
+            loss = kd + h.hard_weight * hard
+            self.log("train/loss_kd", kd)
+        else:
+            loss = hard
+        self.log("train/loss_ce", hard)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/mixed_fraction", frac.mean())
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tsgf"] = checkpoint_record(self, stage="student")
+        drop_teacher_weights(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.teacher is not None:
+            restore_teacher_weights(checkpoint, self.teacher)

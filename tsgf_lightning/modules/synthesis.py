@@ -1,0 +1,359 @@
+"""SynthesisModule: optimise IPC synthetic videos per class against a frozen teacher (Eq. 4-8, Algorithm 1).
+
+Each step:
+
+1. draw a clip-consistent random crop/flip for every synthetic video (one generator seeded from
+   ``(seed, step)``, so augmentation does not depend on the number of ranks or on resuming);
+2. ``L = a_ce * CE(teacher(x), y) + a_reg * sum_l w_l (||mu_l - RM_l||_2 + ||var_l - RV_l||_2)``
+   with the batch statistics of the *whole* synthetic set (all-reduced across ranks);
+3. ``on_before_optimizer_step``: the TSGF mask (Eq. 6-8, from the current videos) scales each
+   frame's gradient, or (``mask_target: update``) each frame's update;
+4. after the step, pixels are clamped to the valid range.
+
+The parameters are the videos, in normalised input space (as in SRe2L, so the paper's learning
+rates keep their meaning). Under :class:`~tsgf_lightning.strategy.ShardedSynthesisStrategy` each rank
+owns the videos of a contiguous range of classes. Checkpoints always hold the whole set (gathered),
+so a run can resume on any number of ranks. At the end of fit the set is exported
+(:mod:`~tsgf_lightning.export`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..export import export_distilled
+from ..tsgf import BNStatistics, key_frames, temporal_saliency, tsgf_mask
+from ..video import denormalize, normalize, pixel_bounds
+from ..visualize import frame_grid, saliency_map
+from .classifier import Backbone, Schedule, lr_lambda
+from .frozen import drop_teacher_weights, load_teacher, restore_teacher_weights
+
+MaskShape = Literal["none", "eq8", "binary"]
+
+
+def shard_classes(num_classes: int, world_size: int, rank: int) -> range:
+    """Contiguous class range of ``rank`` (sizes differ by at most one)."""
+    if world_size > num_classes:
+        raise ValueError(f"synthesis shards by class: {world_size} ranks for {num_classes} classes leaves some "
+                         "ranks without work; use at most as many devices as classes")
+    base, extra = divmod(num_classes, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def crop_flip_thetas(n: int, generator: torch.Generator, scale: tuple[float, float], flip: bool) -> Tensor:
+    """Affine matrices ``(n, 2, 3)`` of a random resized crop (area ``scale``, aspect 3/4..4/3) and optional flip.
+
+    In ``affine_grid``'s normalised coordinates: the crop has half-sizes ``(w, h)`` (1 = whole frame),
+    centre ``(cx, cy)`` inside the frame; a flip negates the x scale.
+    """
+    area = torch.empty(n).uniform_(*scale, generator=generator)
+    log_r = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
+    w = torch.sqrt(area * log_r.exp()).clamp(max=1.0)
+    h = torch.sqrt(area / log_r.exp()).clamp(max=1.0)
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
+    sx = torch.where(torch.rand(n, generator=generator) < 0.5, -w, w) if flip else w
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
+    return theta
+
+
+def apply_crop_flip(videos: Tensor, theta: Tensor) -> Tensor:
+    """Differentiably crop/flip ``(N, C, T, H, W)`` with one ``theta`` per video (the same for all frames)."""
+    N, C, T, H, W = videos.shape
+    grid = F.affine_grid(theta.to(videos), [N, C * T, H, W], align_corners=False)
+    out = F.grid_sample(videos.reshape(N, C * T, H, W), grid, mode="bilinear", padding_mode="reflection",
+                        align_corners=False)
+    return out.reshape(N, C, T, H, W)
+
+
+class _AllReduceSum:
+    """Differentiable all-reduce (sum) of BN moments: every rank sees the statistics of the whole set."""
+
+    def __call__(self, t: Tensor) -> Tensor:
+        from torch.distributed.nn.functional import all_reduce
+        return all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+class SynthesisModule(L.LightningModule):
+    """Synthetic videos optimised against a frozen teacher with TSGF-guided updates.
+
+    Args:
+        num_classes: linked from the data.
+        teacher_ckpt: TeacherModule checkpoint; loaded in ``setup()`` and checked against the data.
+        teacher_backbone: the teacher architecture, if the config wants it checked against the
+            checkpoint; None = rebuild what the checkpoint records.
+        ipc: synthetic videos per class.
+        init: ``real`` = random real training clips of each class (seed ``init_seed``; recorded in
+            the export), ``noise`` = standard normal in input space.
+        init_seed: seed of the initialisation.
+        lr, betas, schedule: Adam on the videos (SRe2L: betas (0.5, 0.9), cosine).
+        ce_weight, bn_weight: ``a_ce`` and ``a_reg`` of Eq. 4 (the paper's r_bn is ``bn_weight``).
+        first_bn_multiplier: weight of the first BN layer in Eq. 5 (SRe2L uses 10).
+        augment: random crop/flip of every video each step; augment_scale: the crop's area range;
+            augment_flip: allow horizontal flips (named apart from the DataModule's ``crop_scale``/``flip``,
+            which Lightning would otherwise refuse as conflicting hyper-parameters).
+        mask: TSGF_O mask: ``eq8`` (the paper), ``binary`` (key frames 0, others 1), ``none`` (SRe2L).
+        mask_target: ``gradient`` (the paper: scale the gradient; Adam largely normalises a slowly
+            varying scale away) or ``update`` (scale the optimiser's actual step per frame).
+        signed_mask: the Appendix-E ablation: the mask may flip the gradient's sign.
+        window_length, window, eps, eps_mode: saliency smoothing (Eq. 7) and threshold (Eq. 8).
+        seed: seed of the per-step augmentation.
+        export_dir: where ``distilled.pt`` and pictures go at the end of fit (default: the logger's dir).
+        image_every_n_steps: TensorBoard frame grids / saliency maps every this many steps (0 = never).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        teacher_ckpt: str,
+        teacher_backbone: Backbone | None = None,
+        ipc: int = 1,
+        init: Literal["real", "noise"] = "real",
+        init_seed: int = 0,
+        lr: float = 0.25,
+        betas: tuple[float, float] = (0.5, 0.9),
+        schedule: Schedule = "cosine",
+        ce_weight: float = 1.0,
+        bn_weight: float = 0.01,
+        first_bn_multiplier: float = 10.0,
+        augment: bool = True,
+        augment_scale: tuple[float, float] = (0.5, 1.0),
+        augment_flip: bool = True,
+        mask: MaskShape = "eq8",
+        mask_target: Literal["gradient", "update"] = "gradient",
+        signed_mask: bool = False,
+        window_length: int = 3,
+        window: Literal["uniform", "hann", "exponential", "linear"] = "hann",
+        eps: float = 0.5,
+        eps_mode: Literal["absolute", "quantile"] = "quantile",
+        seed: int = 0,
+        export_dir: str | None = None,
+        image_every_n_steps: int = 200,
+    ):
+        super().__init__()
+        if ipc < 1:
+            raise ValueError(f"Expected argument `ipc` to be >= 1 but got {ipc}")
+        if lr <= 0:
+            raise ValueError(f"Expected argument `lr` to be > 0 but got {lr}")
+        if signed_mask and mask != "eq8":
+            raise ValueError(f"Expected `signed_mask` only with `mask: eq8` but got mask={mask!r}")
+        self.save_hyperparameters(ignore=["teacher_backbone"])
+        self.num_classes, self.ipc = num_classes, ipc
+        self.teacher_backbone = teacher_backbone
+        self.teacher: nn.Module | None = None
+        self.videos: nn.Parameter | None = None
+        self._mask: Tensor | None = None
+        self._before_step: Tensor | None = None
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def n_global(self) -> int:
+        return self.num_classes * self.ipc
+
+    def setup(self, stage: str) -> None:
+        if self.videos is not None:
+            return
+        h = self.hparams
+        dm = self.trainer.datamodule
+        teacher, self.teacher_record = load_teacher(h.teacher_ckpt, self.num_classes, self.teacher_backbone,
+                                                    dm.class_names, dm.frames, dm.size)
+        self.teacher = teacher.to(self.device)
+        self.class_names, self.mean, self.std = list(dm.class_names), tuple(dm.mean), tuple(dm.std)
+        self.bn = BNStatistics(self.teacher, reduce=_AllReduceSum() if self._world > 1 else None)
+
+        classes = shard_classes(self.num_classes, self._world, self.global_rank)
+        index = torch.arange(classes.start * self.ipc, classes.stop * self.ipc)
+        labels = torch.arange(self.num_classes).repeat_interleave(self.ipc)
+        if h.init == "real":
+            clips, _, fit_idx = dm.random_subset(self.ipc, h.init_seed)  # class-major, like `labels`
+            init = normalize(clips[index].float() / 255.0, self.mean, self.std)
+            paths = dm.split("fit").paths
+            self.init_paths = [paths[i] for i in fit_idx.tolist()]
+        else:
+            gen = torch.Generator().manual_seed(h.init_seed)
+            C, T, S = 3, dm.frames, dm.size
+            init = torch.randn(self.n_global, C, T, S, S, generator=gen)[index]
+            self.init_paths = []
+        lo, hi = pixel_bounds(self.mean, self.std, init)
+        self.videos = nn.Parameter(torch.maximum(torch.minimum(init, hi), lo).to(self.device))
+        self.register_buffer("labels", labels[index].to(self.device))
+        self.register_buffer("global_index", index.to(self.device))
+
+    @property
+    def _world(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def configure_optimizers(self):
+        h = self.hparams
+        optimizer = torch.optim.Adam([self.videos], lr=h.lr, betas=tuple(h.betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(h.schedule, total, 0))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ the step
+    def _augment(self, x: Tensor, step: int) -> Tensor:
+        h = self.hparams
+        gen = torch.Generator().manual_seed(h.seed * 1_000_003 + step)
+        theta = crop_flip_thetas(self.n_global, gen, tuple(h.augment_scale), h.augment_flip)  # for the whole set
+        return apply_crop_flip(x, theta[self.global_index.cpu()])
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        h = self.hparams
+        x = self._augment(self.videos, self.global_step) if h.augment else self.videos
+        logits = self.teacher(x)
+        ce_sum = F.cross_entropy(logits, self.labels, reduction="sum")
+        reg = self.bn.loss(h.first_bn_multiplier)
+        # CE is a mean over the whole set; the regulariser is computed identically on every rank and
+        # its gradient summed by the all-reduce's backward, hence / world.
+        loss = h.ce_weight * ce_sum / self.n_global + h.bn_weight * reg / self._world
+        finite = bool(torch.isfinite(loss).item())
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            raise FloatingPointError(
+                f"synthesis loss is not finite at step {self.global_step} (ce_sum={ce_sum.item():.4g}, "
+                f"bn={reg.item():.4g}); stopped before the update. The last checkpoint and any earlier "
+                "export are untouched; lower `lr` or `bn_weight`")
+        with torch.no_grad():
+            ce_mean = self._sum_over_ranks(ce_sum.detach()) / self.n_global
+            acc = self._sum_over_ranks((logits.argmax(1) == self.labels).sum().float()) / self.n_global
+        self.log("train/loss_ce", ce_mean)
+        self.log("train/loss_bn", reg.detach())
+        self.log("train/loss", h.ce_weight * ce_mean + h.bn_weight * reg.detach(), prog_bar=True)
+        self.log("train/teacher_acc", acc, prog_bar=True)
+        return loss
+
+    def _sum_over_ranks(self, t: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(t, reduce_op="sum") if self._world > 1 else t
+
+    def _saliency(self) -> Tensor:
+        h = self.hparams
+        return temporal_saliency(denormalize(self.videos.detach(), self.mean, self.std), h.window_length, h.window)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        h = self.hparams
+        if h.mask == "none":
+            return
+        with torch.no_grad():
+            mask = tsgf_mask(self._saliency(), h.eps, h.eps_mode, h.mask, h.signed_mask)  # (n, T)
+        self.log("train/frames_frozen", (mask == 0).float().mean())
+        self.log("train/mask_mean", mask.mean())
+        m = mask[:, None, :, None, None].to(self.videos)
+        if h.mask_target == "gradient":
+            self.videos.grad.mul_(m)
+        else:
+            self._mask, self._before_step = m, self.videos.detach().clone()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        with torch.no_grad():
+            if self._before_step is not None:
+                # Keep only the masked share of the optimiser's step (Adam's momentum included).
+                self.videos.copy_(self._before_step + self._mask * (self.videos - self._before_step))
+                self._mask = self._before_step = None
+            lo, hi = pixel_bounds(self.mean, self.std, self.videos)
+            self.videos.copy_(torch.maximum(torch.minimum(self.videos, hi), lo))
+        every = self.hparams.image_every_n_steps
+        if every and self.global_step % every == 0:
+            self._log_images()
+
+    # ------------------------------------------------------------------ gathering, checkpoints, export
+    def _shard_sizes(self) -> list[int]:
+        return [len(shard_classes(self.num_classes, self._world, r)) * self.ipc for r in range(self._world)]
+
+    def _gather(self, t: Tensor) -> Tensor:
+        """Concatenate every rank's shard of ``t`` (rows = this rank's videos) in global order."""
+        if self._world == 1:
+            return t
+        sizes = self._shard_sizes()
+        padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
+        padded[: len(t)] = t
+        gathered = self.all_gather(padded)  # (world, max, ...)
+        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
+
+    def full_set(self) -> tuple[Tensor, Tensor]:
+        """The whole synthetic set in ``[0, 1]`` pixel space ``(N, C, T, H, W)`` and its labels (every rank)."""
+        videos = self._gather(self.videos.detach())
+        return denormalize(videos, self.mean, self.std).clamp(0, 1), self._gather(self.labels)
+
+    def _record(self) -> dict:
+        h = self.hparams
+        return {"stage": "synthesis", "num_classes": self.num_classes, "class_names": self.class_names,
+                "ipc": self.ipc, "mean": list(self.mean), "std": list(self.std),
+                "method": "tsgf" if h.mask != "none" else "sre2l",
+                "teacher_sha256": self.teacher_record["sha256"], "teacher_arch": self.teacher_record["arch"],
+                "init_paths": self.init_paths, "config": _plain(dict(h))}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # World-size-free checkpoint: whole tensors, built as new dicts (the nested optimiser dicts
+        # are the live optimiser's own).
+        sd = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {**sd, "videos": self._gather(self.videos.detach()),
+                                    "labels": self._gather(self.labels),
+                                    "global_index": self._gather(self.global_index)}
+        states = []
+        for opt in checkpoint["optimizer_states"]:
+            per_param = {pid: {k: self._gather(v) if torch.is_tensor(v) and v.dim() == 5 else v
+                               for k, v in st.items()} for pid, st in opt["state"].items()}
+            states.append({**opt, "state": per_param})
+        checkpoint["optimizer_states"] = states
+        checkpoint["tsgf"] = self._record()
+        drop_teacher_weights(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rows = self.global_index.cpu()
+        sd = checkpoint["state_dict"]
+        if sd["videos"].shape[0] != self.n_global:
+            raise ValueError(f"checkpoint holds {sd['videos'].shape[0]} videos but this run has "
+                             f"{self.num_classes} classes x ipc {self.ipc}")
+        checkpoint["state_dict"] = {**sd, "videos": sd["videos"][rows], "labels": sd["labels"][rows],
+                                    "global_index": sd["global_index"][rows]}
+        checkpoint["optimizer_states"] = [
+            {**opt, "state": {pid: {k: v[rows] if torch.is_tensor(v) and v.dim() == 5 else v for k, v in st.items()}
+                              for pid, st in opt["state"].items()}}
+            for opt in checkpoint["optimizer_states"]]
+        restore_teacher_weights(checkpoint, self.teacher)
+
+    def on_fit_end(self) -> None:
+        videos, labels = self.full_set()
+        if self.global_rank != 0:
+            return
+        out = self.hparams.export_dir or self.trainer.log_dir or self.trainer.default_root_dir
+        record = self._record()
+        export_distilled(out, videos.cpu(), labels.cpu(), self.class_names, self.ipc, list(self.mean),
+                         list(self.std), method=record["method"], teacher_sha256=record["teacher_sha256"],
+                         config=record["config"],
+                         extra={"init_paths": self.init_paths, "teacher_arch": record["teacher_arch"],
+                                "steps": int(self.global_step)})
+
+    def _log_images(self) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self.global_rank != 0 or not hasattr(experiment, "add_image"):
+            return
+        h = self.hparams
+        with torch.no_grad():
+            first = self.labels != torch.roll(self.labels, 1)  # first video of each class of this shard
+            first[0] = True
+            pick = torch.nonzero(first).flatten()[:8]
+            pixels = denormalize(self.videos.detach()[pick], self.mean, self.std).float().cpu()
+            s = self._saliency()[pick].cpu()
+            key = key_frames(s, h.eps, h.eps_mode)
+        experiment.add_image("synthesis/frames", frame_grid(pixels), self.global_step)
+        experiment.add_image("synthesis/saliency", saliency_map(s, key), self.global_step)
+
+
+def _plain(value):
+    """Hyper-parameters as JSON-like plain types (checkpoints load with weights_only=True)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)
