@@ -17,13 +17,6 @@ from tsgf_lightning.data.embedded import EMBEDDED_CLASSES, clip_seed, generate_e
 TINY = dict(train_per_class=2, test_per_class=1, frames=4, size=16, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only contend on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -66,7 +66,7 @@ def export_from_checkpoint(ckpt_path: str, out_dir: str, media: bool = True) -> 
     return export_distilled(out_dir, videos, ckpt["state_dict"]["labels"], record["class_names"], record["ipc"],
                             record["mean"], record["std"], method=record.get("method", "tsgf"),
                             teacher_sha256=record.get("teacher_sha256", ""), config=record.get("config", {}),
-                            extra={"step": int(ckpt.get("global_step", 0))}, media=media)
+                            extra={"steps": int(ckpt.get("global_step", 0))}, media=media)
 
 
 def main(argv: list[str] | None = None) -> None:

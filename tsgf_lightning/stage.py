@@ -1,8 +1,9 @@
 """Run one stage: ``fit`` (resuming from ``last`` when asked) and optionally ``test``, in one process.
 
-``python -m tsgf_lightning.stage --config FILE [--model.init_args.x=...] [--resume] [--test] [--result OUT.json]``
+``python -m tsgf_lightning.stage --config FILE [--model.init_args.x=...] [--resume] [--validate] [--test] [--result OUT.json]``
 
-Everything but the three flags goes to LightningCLI unchanged, so a stage is exactly what
+``--validate`` records the validation carve-out's metrics after fit (how hyper-parameters are chosen,
+never on the test split). Everything but these flags goes to LightningCLI unchanged, so a stage is exactly what
 ``python -m tsgf_lightning fit --config FILE ...`` would run. The pipeline launches each stage as its
 own process: under DDP Lightning re-executes this command for the other ranks, which works because
 the command is self-contained. The result file (test metrics, wall time) is written atomically by
@@ -52,10 +53,13 @@ def run(argv: list[str]) -> dict:
     argv = list(argv)
     resume = _pop_flag(argv, "--resume")
     test = _pop_flag(argv, "--test")
+    validate = _pop_flag(argv, "--validate")
     result_path = _pop_value(argv, "--result")
     start = time.time()
     cli = cli_main(argv, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    if validate and not getattr(dm.hparams, "val_fraction", 0):
+        raise SystemExit("--validate needs a validation carve-out: set data.val_fraction > 0")
     ckpt = None
     if resume:
         last = _last_checkpoint(trainer)
@@ -65,6 +69,9 @@ def run(argv: list[str]) -> dict:
         raise SystemExit(f"stage {argv} was interrupted; run it again to resume")
     result: dict = {"fit_seconds": round(time.time() - start, 1), "resumed_from": ckpt,
                     "global_step": int(trainer.global_step), "log_dir": trainer.log_dir}
+    if validate:
+        metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]
+        result["val"] = {k: float(v) for k, v in metrics.items()}
     if test:
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
         result["test"] = {k: float(v) for k, v in metrics.items()}
@@ -75,13 +82,17 @@ def run(argv: list[str]) -> dict:
 
 
 def _last_checkpoint(trainer) -> Path | None:
-    """``last.ckpt`` of the run's ModelCheckpoint, if a previous attempt left one."""
+    """The newest ``last*.ckpt`` of the run's ModelCheckpoint, if a previous attempt left one.
+
+    Lightning names the file ``last-v1.ckpt`` when a ``last.ckpt`` it did not write is in the way
+    (e.g. a run folder that was copied), so the newest of them is the one to resume from.
+    """
     callback = trainer.checkpoint_callback
     if callback is None:
         return None
     dirpath = callback.dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
-    last = Path(dirpath) / "last.ckpt"
-    return last if last.exists() else None
+    candidates = sorted(Path(dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
 
 
 def main() -> None:

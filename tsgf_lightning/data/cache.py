@@ -1,10 +1,11 @@
 """Decode a split once with PyAV into a ``uint8`` tensor file, keyed by everything that shapes it.
 
 The key hashes the source's identity (kind, root, split id, class subset), the split, the list of
-files (path, size, mtime), the clip geometry (frames, resize, sampling, gap, clip positions) and a
-format version, so a changed dataset or setting never reads a stale cache. Files are written to a
-temporary name and renamed, so an interrupted decode leaves no half-written cache behind, and loaded
-with ``mmap=True`` so DDP ranks and DataLoader workers share one copy in the page cache.
+files (path, label, size, mtime in ns), the clip geometry (frames, resize, sampling, gap, clip
+positions) and a format version, so a changed dataset or setting never reads a stale cache. Files
+are written to a temporary name and renamed, so an interrupted decode leaves no half-written cache
+behind, and loaded with ``mmap=True`` so DDP ranks and DataLoader workers share one copy in the
+page cache.
 
 Corrupt or unreadable videos are skipped with a warning that names each one, and counted; more than
 ``max_bad_fraction`` of a split failing is an error (nothing is written).
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from .decode import Sampling, VideoDecodeError, decode_clips
 from .sources import VideoItem
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # v2: exact-rational frame indices (decode.sample_indices)
 
 
 @dataclass
@@ -64,7 +65,8 @@ def cache_file(cache_dir: str, source_key: dict, split: str, items: Sequence[Vid
     for item in items:
         try:
             st = os.stat(item.path)
-            files.update(f"{item.path}|{item.label}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+            # Nanosecond mtime: a file rewritten within the same second still changes the key.
+            files.update(f"{item.path}|{item.label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             files.update(f"{item.path}|{item.label}|missing\n".encode())
     key = {"version": CACHE_VERSION, "source": source_key, "split": split, "files": files.hexdigest(),

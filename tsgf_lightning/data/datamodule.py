@@ -16,13 +16,14 @@ decoded once with PyAV into a cache (:mod:`~tsgf_lightning.data.cache`) in ``pre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal, TypedDict
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..video import IMAGENET_MEAN, IMAGENET_STD
 from .cache import ClipSpec, DecodedSplit, load_or_decode
@@ -40,6 +41,34 @@ class VideoBatch(TypedDict):
     video: Tensor  # (B, C, T, H, W) float32, normalised
     label: Tensor  # (B,) int64
     index: Tensor  # (B,) int64: position in the served set
+
+
+@contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """Run the enclosed torch ops on one intra-op thread, then restore the caller's setting.
+
+    A clip's crop/resize/normalise ops touch ~10^5 elements: far too little for threads to pay, and on
+    a loaded machine OpenMP's barriers make them ruinous (an 8x64x85 training transform measured
+    66 ms with 2 threads, 1 ms with 1, on a busy 2-core machine). DataLoader workers already run
+    single-threaded; this gives ``num_workers=0`` (transforms in the training process, between
+    steps, never concurrently with them) the same speed. ``set_num_threads`` costs ~0.1 us.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """``default_collate`` on one intra-op thread: stacking a batch of clips is a few MB of copying,
+    which 2 contending OpenMP threads slowed from 1 ms to 180 ms (see :func:`_one_intra_op_thread`)."""
+    with _one_intra_op_thread():
+        return default_collate(samples)
 
 
 class ClipDataset(Dataset):
@@ -60,7 +89,9 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         i = i % len(self.labels)
         k = int(torch.randint(self.clips.shape[1], ())) if self.clips.shape[1] > 1 else 0
-        return {"video": self.transform(self.clips[i, k]), "label": self.labels[i], "index": torch.tensor(i)}
+        with _one_intra_op_thread():
+            video = self.transform(self.clips[i, k])
+        return {"video": video, "label": self.labels[i], "index": torch.tensor(i)}
 
 
 class _StepDataset(Dataset):
@@ -252,7 +283,7 @@ class VideoDataModule(L.LightningDataModule):
     def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0, drop_last=False)
+                          persistent_workers=workers > 0, drop_last=False, collate_fn=collate_clips)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set == "none":

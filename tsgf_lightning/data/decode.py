@@ -3,10 +3,17 @@
 A clip is ``T`` frames chosen from a video of ``n`` frames by one of two rules:
 
 - ``uniform`` (default): the video is cut into ``T`` equal segments and one frame is taken from
-  each, at relative position ``offset`` inside its segment: ``i_t = floor((t + offset) * n / T)``.
-  The whole video is covered whatever its length.
+  each, at relative position ``offset`` inside its segment: ``i_t = floor((t + offset) * n / T)``
+  for ``offset < 1``, and the segment's last frame ``i_t = ceil((t + 1) * n / T) - 1`` for
+  ``offset = 1``. The whole video is covered whatever its length.
 - ``fixed_gap`` (VDSD's rule): ``T`` frames ``gap`` apart starting at ``start``; a video shorter than
-  the span ``(T - 1) * gap + 1`` uses ``gap = max(1, n // T)`` instead.
+  the span ``(T - 1) * gap + 1`` uses ``gap = max(1, n // T)`` instead. ``start`` is
+  ``position * (n - span)`` rounded to the nearest integer, halves up (0 when the span exceeds ``n``).
+
+Indices are computed in exact rational arithmetic, reading ``position`` as the nearest fraction with
+a denominator of at most 10^6: float rounding would otherwise move a frame whose exact index is a
+whole number (``position = 1/6``, ``n = 54``, ``T = 3``: ``(2 + 1/6) * 54 / 3 = 39``, but
+``floor(38.99...) = 38`` in floats), and the DataModule's positions ``(i + 0.5) / k`` hit such cases.
 
 Videos shorter than ``T`` frames are not dropped: both rules then repeat frames (each index is
 clamped to ``n - 1``), so a 5-frame video gives an 8-frame clip with some frames shown twice.
@@ -15,6 +22,7 @@ clamped to ``n - 1``), so a 5-frame video gives an 8-frame clip with some frames
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Literal
 
 import av
@@ -37,8 +45,9 @@ def sample_indices(num_frames: int, frames: int, sampling: Sampling = "uniform",
         frames: frames in the clip (``T`` >= 1).
         sampling: ``uniform`` or ``fixed_gap`` (module docstring).
         gap: frame gap of ``fixed_gap``.
-        position: in ``[0, 1]``; ``uniform``: offset inside each segment (0.5 = segment centres);
-            ``fixed_gap``: where the span starts, from the first (0) to the last possible start (1).
+        position: in ``[0, 1]``; ``uniform``: offset inside each segment (0.5 = segment centres,
+            1 = segment ends); ``fixed_gap``: where the span starts, from the first (0) to the last
+            possible start (1).
 
     Returns:
         ``(T,)`` int64 indices in ``[0, n)``, non-decreasing.
@@ -49,22 +58,27 @@ def sample_indices(num_frames: int, frames: int, sampling: Sampling = "uniform",
         raise ValueError(f"Expected argument `frames` to be >= 1 but got {frames}")
     if not 0.0 <= position <= 1.0:
         raise ValueError(f"Expected argument `position` to be in [0, 1] but got {position}")
-    t = torch.arange(frames, dtype=torch.float64)
+    n, T = num_frames, frames
+    p = Fraction(position).limit_denominator(10**6)
+    num, den = p.numerator, p.denominator
     if sampling == "uniform":
-        # Offsets strictly inside a segment keep the index in range; 1.0 would hit the next segment.
-        offset = min(position, 1.0 - 1e-9)
-        idx = torch.floor((t + offset) * num_frames / frames)
+        if p < 1:  # floor((t + num/den) * n / T) in integers
+            idx = [((t * den + num) * n) // (T * den) for t in range(T)]
+        else:  # the last frame of each segment: ceil((t + 1) n / T) - 1 = ((t + 1) n - 1) // T
+            idx = [((t + 1) * n - 1) // T for t in range(T)]
     elif sampling == "fixed_gap":
         if gap < 1:
             raise ValueError(f"Expected argument `gap` to be >= 1 but got {gap}")
-        if (frames - 1) * gap + 1 > num_frames:
-            gap = max(1, num_frames // frames)
-        span = (frames - 1) * gap + 1
-        start = round(position * max(num_frames - span, 0))
-        idx = start + t * gap
+        if (T - 1) * gap + 1 > n:
+            gap = max(1, n // T)
+        span = (T - 1) * gap + 1
+        # floor(p * L + 1/2), L = last possible start.
+        start = (2 * num * max(n - span, 0) + den) // (2 * den)
+        idx = [start + t * gap for t in range(T)]
     else:
         raise ValueError(f"Expected argument `sampling` to be 'uniform' or 'fixed_gap' but got {sampling!r}")
-    return idx.clamp(max=num_frames - 1).to(torch.int64)
+    # Videos shorter than the clip repeat frames: every index is clamped to the last frame.
+    return torch.tensor([min(i, n - 1) for i in idx], dtype=torch.int64)
 
 
 def _count_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:

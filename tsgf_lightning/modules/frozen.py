@@ -28,6 +28,9 @@ class FrozenTeacher(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net.eval().requires_grad_(False)
+        # Fix (tests/test_synthesis.py): the wrapper itself used to stay in training mode (only `net` was
+        # put in eval), and Lightning 2.6 no longer calls `train()` at fit start to correct it.
+        self.train(False)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         return super().train(False)

@@ -25,10 +25,12 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..export import export_distilled
+from ..strategy import ShardedSynthesisStrategy
 from ..tsgf import BNStatistics, key_frames, temporal_saliency, tsgf_mask
 from ..video import denormalize, normalize, pixel_bounds
 from ..visualize import frame_grid, saliency_map
@@ -162,6 +164,15 @@ class SynthesisModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.videos is not None:
             return
+        # Fix (tests/test_synthesis.py): plain `ddp` used to run silently, DDP broadcasting rank 0's
+        # videos over the other ranks' shards and averaging their gradients (a wrong set, no error).
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not isinstance(strategy, ShardedSynthesisStrategy):
+            raise ValueError(
+                f"SynthesisModule cannot run under {type(strategy).__name__} (`strategy: ddp`): DDP would copy "
+                "rank 0's synthetic videos to every rank and average their gradients. Use "
+                "`trainer.strategy: ddp_shards` (tsgf_lightning.strategy.ShardedSynthesisStrategy), which "
+                "keeps one shard of classes per rank")
         h = self.hparams
         dm = self.trainer.datamodule
         teacher, self.teacher_record = load_teacher(h.teacher_ckpt, self.num_classes, self.teacher_backbone,
@@ -251,7 +262,12 @@ class SynthesisModule(L.LightningModule):
         else:
             self._mask, self._before_step = m, self.videos.detach().clone()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        # Fix (tests/test_synthesis.py, resume equality): the update mask and the clamp used to run in
+        # `on_train_batch_end`, which Lightning calls *after* the callbacks' `on_train_batch_end`, so
+        # ModelCheckpoint(every_n_train_steps) saved unmasked, unclamped videos and a resumed run
+        # diverged from an uninterrupted one. Here they complete the step itself, before any callback.
+        optimizer.step(closure=optimizer_closure)
         with torch.no_grad():
             if self._before_step is not None:
                 # Keep only the masked share of the optimiser's step (Adam's momentum included).
@@ -259,6 +275,8 @@ class SynthesisModule(L.LightningModule):
                 self._mask = self._before_step = None
             lo, hi = pixel_bounds(self.mean, self.std, self.videos)
             self.videos.copy_(torch.maximum(torch.minimum(self.videos, hi), lo))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         every = self.hparams.image_every_n_steps
         if every and self.global_step % every == 0:
             self._log_images()

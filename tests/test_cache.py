@@ -1,0 +1,184 @@
+"""The decoded-split cache: keyed by everything that shapes the clips, written atomically, read back
+with mmap and without decoding; corrupt videos skipped and named, or refused when too many."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from tsgf_lightning.data.cache import ClipSpec, cache_file, cached_split_exists, decode_split, load_or_decode
+from tsgf_lightning.data.decode import decode_clips
+from tsgf_lightning.data.sources import VideoItem
+
+SOURCE = {"kind": "folder", "root": "/data/videos", "classes": ["a", "b"]}
+SPEC = ClipSpec(frames=4, size_hw=(12, 16))
+
+
+
+
+@pytest.fixture
+def videos(tmp_path, write_video) -> list[VideoItem]:
+    """Six 7-frame 20x24 FFV1 videos of random content, three per class, one group each."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    items = []
+    for i in range(6):
+        frames = torch.randint(0, 256, (7, 20, 24, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
+        path = write_video(folder / f"clip{i}.mkv", frames)
+        items.append(VideoItem(str(path), label=i % 2, group=f"g{i}"))
+    return items
+
+
+def spoil(path: str, keep_stat: bool = True) -> None:
+    """Overwrite a video with garbage of the same size; optionally restore its timestamps (same cache key)."""
+    st = os.stat(path)
+    Path(path).write_bytes(b"\x00garbage" * (st.st_size // 8) + b"\x00" * (st.st_size % 8))
+    if keep_stat:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------------------------- key
+
+def test_every_input_of_the_clips_changes_the_key(tmp_path, videos):
+    cache = str(tmp_path / "cache")
+    base = cache_file(cache, SOURCE, "fit", videos, SPEC)
+    assert base == cache_file(cache, dict(SOURCE), "fit", list(videos), ClipSpec(4, (12, 16)))  # deterministic
+    assert base.parent == Path(cache) and base.suffix == ".pt" and "fit-4x12x16-k1" in base.name
+    variants = {
+        "frames": cache_file(cache, SOURCE, "fit", videos, ClipSpec(8, (12, 16))),
+        "size": cache_file(cache, SOURCE, "fit", videos, ClipSpec(4, (12, 20))),
+        "sampling": cache_file(cache, SOURCE, "fit", videos, ClipSpec(4, (12, 16), sampling="fixed_gap")),
+        "gap": cache_file(cache, SOURCE, "fit", videos, ClipSpec(4, (12, 16), gap=2)),
+        "positions": cache_file(cache, SOURCE, "fit", videos, ClipSpec(4, (12, 16), positions=(0.25,))),
+        "clips per video": cache_file(cache, SOURCE, "fit", videos, ClipSpec(4, (12, 16), positions=(0.25, 0.75))),
+        "source": cache_file(cache, {**SOURCE, "root": "/data/other"}, "fit", videos, SPEC),
+        "class subset": cache_file(cache, {**SOURCE, "classes": ["a"]}, "fit", videos, SPEC),
+        "split": cache_file(cache, SOURCE, "test", videos, SPEC),
+        "file list": cache_file(cache, SOURCE, "fit", videos[:-1], SPEC),
+        "labels": cache_file(cache, SOURCE, "fit", [VideoItem(v.path, 1 - v.label, v.group) for v in videos], SPEC),
+    }
+    assert base not in variants.values()
+    assert len(set(variants.values())) == len(variants), variants
+
+
+def test_touching_or_rewriting_a_video_changes_the_key(tmp_path, videos):
+    cache = str(tmp_path / "cache")
+    path = videos[0].path
+    second = 1_700_000_000 * 10**9
+    os.utime(path, ns=(second, second))
+    before = cache_file(cache, SOURCE, "fit", videos, SPEC)
+    # A rewrite 1 microsecond later, within the same second, same size.
+    os.utime(path, ns=(second, second + 1000))
+    touched = cache_file(cache, SOURCE, "fit", videos, SPEC)
+    assert touched != before
+    Path(path).touch()  # now
+    assert cache_file(cache, SOURCE, "fit", videos, SPEC) not in (before, touched)
+    with open(path, "ab") as f:  # a different size
+        f.write(b"\0")
+    os.utime(path, ns=(second, second + 1000))
+    assert cache_file(cache, SOURCE, "fit", videos, SPEC) not in (before, touched)
+
+
+# ------------------------------------------------------------------------------------ write and read
+
+def test_first_call_decodes_and_writes_second_call_loads_without_decoding(tmp_path, videos):
+    cache = tmp_path / "cache"
+    spec = ClipSpec(frames=4, size_hw=(12, 16), positions=(0.25, 0.75))
+    assert not cached_split_exists(str(cache), SOURCE, "fit", videos, spec)
+    first = load_or_decode(str(cache), SOURCE, "fit", videos, spec, workers=1)
+    path = cache_file(str(cache), SOURCE, "fit", videos, spec)
+    assert files_in(cache) == [path.name]  # one file, no temporary left behind
+    assert cached_split_exists(str(cache), SOURCE, "fit", videos, spec)
+    assert first.clips.shape == (6, 2, 3, 4, 12, 16) and first.clips.dtype == torch.uint8
+    for i, item in enumerate(videos):
+        assert torch.equal(first.clips[i], decode_clips(item.path, 4, (12, 16), positions=(0.25, 0.75)))
+    assert first.labels.tolist() == [v.label for v in videos] and first.labels.dtype == torch.int64
+    assert first.paths == [v.path for v in videos] and first.groups == [v.group for v in videos]
+    assert first.skipped == []
+
+    # Make decoding impossible without changing the key: garbage of the same size, same mtime.
+    written = path.stat().st_mtime_ns
+    for item in videos:
+        spoil(item.path)
+    assert cache_file(str(cache), SOURCE, "fit", videos, spec) == path
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a decode attempt would warn about every video
+        second = load_or_decode(str(cache), SOURCE, "fit", videos, spec, workers=1)
+    assert path.stat().st_mtime_ns == written and files_in(cache) == [path.name]  # not rewritten
+    assert torch.equal(second.clips, first.clips) and torch.equal(second.labels, first.labels)
+    assert (second.paths, second.groups, second.skipped) == (first.paths, first.groups, first.skipped)
+    if Path("/proc/self/maps").exists():  # loaded with mmap: the file is mapped, not read into memory
+        assert str(path) in Path("/proc/self/maps").read_text()
+    # And decoding them now really fails: the second result came from the cache.
+    with pytest.raises(RuntimeError, match="could not be decoded"), pytest.warns(UserWarning):
+        decode_split(videos, spec, workers=1)
+
+
+def test_parallel_decoding_keeps_the_order(tmp_path, videos):
+    serial = decode_split(videos, SPEC, workers=1)
+    parallel = decode_split(videos, SPEC, workers=2)
+    assert torch.equal(serial.clips, parallel.clips) and serial.paths == parallel.paths
+    assert torch.equal(serial.labels, parallel.labels)
+
+
+def test_a_failed_save_leaves_no_file(tmp_path, videos, monkeypatch):
+    cache = tmp_path / "cache"
+    real_save = torch.save
+
+    def interrupted_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")  # what a crash mid-write leaves
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(OSError, match="disk full"):
+        load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=1)
+    assert files_in(cache) == []
+    monkeypatch.setattr(torch, "save", real_save)
+    load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=1)
+    assert files_in(cache) == [cache_file(str(cache), SOURCE, "fit", videos, SPEC).name]
+
+
+# ----------------------------------------------------------------------------------------- bad videos
+
+def test_a_corrupt_video_is_skipped_named_and_counted(tmp_path, videos):
+    cache = tmp_path / "cache"
+    bad = videos[3].path
+    spoil(bad)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        split = load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=2, max_bad_fraction=0.2)
+    messages = [str(w.message) for w in record]
+    assert any("clip3.mkv" in m for m in messages) and any("skipped 1 of 6" in m for m in messages), messages
+    assert split.skipped == [bad]
+    kept = [v for v in videos if v.path != bad]
+    assert split.paths == [v.path for v in kept] and split.labels.tolist() == [v.label for v in kept]
+    assert split.clips.shape[0] == 5
+    for i, item in enumerate(kept):  # the clips still line up with their labels
+        assert torch.equal(split.clips[i, 0], decode_clips(item.path, 4, (12, 16))[0])
+    assert load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=1).skipped == [bad]  # cached too
+
+
+def test_too_many_corrupt_videos_is_an_error_naming_them_and_nothing_is_written(tmp_path, videos):
+    cache = tmp_path / "cache"
+    for item in videos[1:3]:
+        spoil(item.path)
+    with pytest.raises(RuntimeError, match=r"2 of 6 videos.*max_bad_fraction=0.2.*clip1.mkv.*clip2.mkv"), \
+            pytest.warns(UserWarning):
+        load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=1, max_bad_fraction=0.2)
+    assert files_in(cache) == []
+
+
+def test_all_videos_corrupt_is_an_error_even_with_a_lenient_fraction(tmp_path, videos):
+    for item in videos:
+        spoil(item.path)
+    with pytest.raises(RuntimeError, match="6 of 6"), pytest.warns(UserWarning):
+        load_or_decode(str(tmp_path / "cache"), SOURCE, "fit", videos, SPEC, workers=1, max_bad_fraction=1.0)
+    assert files_in(tmp_path / "cache") == []

@@ -1,0 +1,541 @@
+"""``python -m tsgf_lightning.pipeline --config-dir DIR --output-dir OUT``: every stage, then one results table.
+
+``DIR`` holds ``teacher.yaml``, ``synthesis.yaml``, ``student.yaml`` and ``pipeline.yaml``::
+
+    ipc: [1]              # IPCs to distil
+    seeds: 3              # student seeds per (method, ipc): 0, 1, ..., seeds - 1
+    methods: [full, random, random+student, tsgf]
+    extra_methods: {}     # name -> {select: synthesis|random, synthesis: {key: value}, student: {key: value}}
+
+Stages (each ``python -m tsgf_lightning.stage`` in its own process, with ``--resume`` and ``--result``):
+
+- ``teacher`` -> ``OUT/teacher`` (``checkpoints/last.ckpt`` is every later stage's ``teacher_ckpt``);
+- ``synthesis_ipcK`` -> ``OUT/synthesis_ipcK/distilled.pt`` for methods without synthesis
+  overrides; a method with its own (``sre2l: {synthesis: {model.init_args.mask: none}}``) gets
+  ``OUT/synthesis/<method>_ipcK``;
+- students -> ``OUT/students/<method>/ipcK/seedS`` with ``--seed_everything=S --model.init_args.seed=S``.
+
+A stage whose ``result.json`` (and outputs) exist is skipped, so running the same command again
+redoes no finished stage and resumes an interrupted one from its ``last.ckpt``. Logs go to
+``OUT/logs/<stage>.log``; results to ``OUT/results.{json,md}``, ``OUT/accuracy_vs_ipc.png`` and
+``OUT/summary`` (TensorBoard); ``OUT/stages.json`` records each stage's command and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .results import aggregate, write_results
+
+CONFIG_FILES = ("teacher.yaml", "synthesis.yaml", "student.yaml", "pipeline.yaml")
+PIPELINE_KEYS = ("ipc", "seeds", "methods", "extra_methods")
+METHOD_KEYS = ("select", "synthesis", "student")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class PipelineError(ValueError):
+    """Bad pipeline input (named), arguments that do not parse, or a stage that failed (with its log)."""
+
+
+# ---------------------------------------------------------------------- methods as data
+@dataclass(frozen=True)
+class Method:
+    """One row of the results table: what its students train on and what it changes in the configs.
+
+    Attributes:
+        name: the row's name (also a directory name under ``OUT/students``).
+        select: ``teacher`` (report the teacher's own test metrics: ``full``), ``synthesis``
+            (students on a distilled set), or a DataModule ``train_set`` that picks real clips
+            (``random``; any such mode added to the DataModule later works too), run with
+            ``--data.ipc=K --data.subset_seed=SEED``.
+        synthesis: overrides of synthesis.yaml (dotted keys); non-empty gets its own synthesis run
+            ``OUT/synthesis/<name>_ipcK``, empty shares ``OUT/synthesis_ipcK``.
+        student: overrides of student.yaml, applied after the pipeline's own.
+    """
+
+    name: str
+    select: str = "synthesis"
+    synthesis: Mapping[str, Any] = field(default_factory=dict)
+    student: Mapping[str, Any] = field(default_factory=dict)
+
+
+BUILTIN_METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("full", select="teacher"),
+    # random real videos, hard labels, no mixing: the classic "random real" baseline
+    Method("random", select="random", student={"model.init_args.labels": "hard", "model.init_args.mix": "none"}),
+    # random real videos under student.yaml's own protocol (soft labels, TSGF_A, same epochs):
+    # the strongest cheap baseline, which synthesis has to beat to be worth its cost
+    Method("random+student", select="random"),
+    Method("tsgf", select="synthesis"),
+)}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``pipeline.yaml``, validated: IPCs, seeds per (method, IPC), and the methods in run order."""
+
+    ipc: tuple[int, ...]
+    seeds: int
+    methods: tuple[Method, ...]
+
+
+def _real_selections() -> tuple[str, ...]:
+    """DataModule ``train_set`` modes that pick real clips per class (everything but real/distilled/none)."""
+    import typing
+
+    from .data.datamodule import TrainSet
+    return tuple(t for t in typing.get_args(TrainSet) if t not in ("real", "distilled", "none"))
+
+
+def _int(where: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise PipelineError(f"Expected {where} to be an integer >= {low} but got {value!r}")
+    return value
+
+
+def _overrides(where: str, value) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k and not k.startswith("-") for k in value):
+        raise PipelineError(f"Expected {where} to be a mapping of dotted config keys (model.init_args.mix: none) "
+                            f"to values but got {value!r}")
+    return dict(value)
+
+
+def _extra_method(path: Path, name, spec, selections: tuple[str, ...]) -> Method:
+    where = f"`extra_methods.{name}` in {path}"
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PipelineError(f"Expected method names in `extra_methods` of {path} to be file-name safe "
+                            f"(letters, digits, _ . + -) but got {name!r}")
+    if name in BUILTIN_METHODS:
+        raise PipelineError(f"{where}: {name!r} is a built-in method; give the variant another name")
+    if not isinstance(spec, dict):
+        raise PipelineError(f"Expected {where} to be a mapping with keys {list(METHOD_KEYS)} but got {spec!r}")
+    unknown = sorted(set(spec) - set(METHOD_KEYS))
+    if unknown:
+        raise PipelineError(f"{where} has unknown key(s) {unknown}; known keys: {list(METHOD_KEYS)}")
+    select = spec.get("select", "synthesis")
+    if select not in ("synthesis", *selections):
+        raise PipelineError(f"Expected `select` of {where} to be one of {['synthesis', *selections]} but got "
+                            f"{select!r}")
+    if spec.get("synthesis") and select != "synthesis":
+        raise PipelineError(f"{where} gives `synthesis` overrides but selects {select!r} (no synthesis stage)")
+    return Method(name, select, _overrides(f"`synthesis` of {where}", spec.get("synthesis") or {}),
+                  _overrides(f"`student` of {where}", spec.get("student") or {}))
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    """Read and validate ``pipeline.yaml`` (every error names the key and the file).
+
+    ``methods`` defaults to the four built-ins; every method of ``extra_methods`` runs too, after
+    those listed in ``methods`` unless ``methods`` places it.
+    """
+    import yaml
+
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise PipelineError(f"Expected {path} to be a mapping with keys {list(PIPELINE_KEYS)} but got {raw!r}")
+    unknown = sorted(set(raw) - set(PIPELINE_KEYS))
+    if unknown:
+        raise PipelineError(f"{path} has unknown key(s) {unknown}; known keys: {list(PIPELINE_KEYS)}")
+    ipc = raw.get("ipc", [1])
+    ipc = [ipc] if isinstance(ipc, int) and not isinstance(ipc, bool) else ipc
+    if not isinstance(ipc, list) or not ipc:
+        raise PipelineError(f"Expected `ipc` in {path} to be a non-empty list of integers >= 1 but got {ipc!r}")
+    ipc = [_int(f"every `ipc` in {path}", k, 1) for k in ipc]
+    if len(set(ipc)) != len(ipc):
+        raise PipelineError(f"Expected `ipc` in {path} to have no repeats but got {ipc}")
+    seeds = _int(f"`seeds` in {path}", raw.get("seeds", 3), 1)
+    extra_raw = raw.get("extra_methods") or {}
+    if not isinstance(extra_raw, dict):
+        raise PipelineError(f"Expected `extra_methods` in {path} to be a mapping name -> spec but got {extra_raw!r}")
+    selections = _real_selections() if extra_raw else ()  # imports torch: only when there is something to check
+    extra = {name: _extra_method(path, name, spec, selections) for name, spec in extra_raw.items()}
+    known = {**BUILTIN_METHODS, **extra}
+    names = raw.get("methods", list(BUILTIN_METHODS))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PipelineError(f"Expected `methods` in {path} to be a list of method names but got {names!r}")
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise PipelineError(f"unknown method(s) {bad} in `methods` of {path}; known methods: {list(known)} "
+                            "(define new ones under `extra_methods`)")
+    if len(set(names)) != len(names):
+        raise PipelineError(f"Expected `methods` in {path} to have no repeats but got {names}")
+    names += [n for n in extra if n not in names]
+    return PipelineConfig(tuple(sorted(ipc)), seeds, tuple(known[n] for n in names))
+
+
+# ---------------------------------------------------------------------- progress
+class StageProgress:
+    """``[i/n] stage ...`` now and `` done in 21s: top1 0.41`` at the end, on one line.
+
+    On a terminal the stage's own tqdm bar (the last bar line of its output, escape codes
+    stripped) is shown after the head while it runs; elsewhere (logs, CI) only the two halves are.
+    """
+
+    _BAR = re.compile(r"\d+%\||\d+/\d+ \[|\d+it \[")
+    _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def __init__(self, head: str, bar: bool | None = None):
+        self.head, self.bar = head, sys.stdout.isatty() if bar is None else bar
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+        print(head, end="", flush=True)
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.bar:
+            return
+        *segments, self._pending = re.split(r"[\r\n]", self._pending + self._decoder.decode(chunk))
+        self._pending = self._pending[-4096:]
+        bars = [s for s in (self._ANSI.sub("", s).strip() for s in segments) if self._BAR.search(s)]
+        if bars:
+            width = shutil.get_terminal_size().columns
+            sys.stdout.write(f"\r{self.head} {bars[-1]}"[:width] + "\x1b[K")
+            sys.stdout.flush()
+
+    def finish(self, text: str) -> None:
+        if self.bar:
+            sys.stdout.write(f"\r{self.head}\x1b[K")
+        print(f" {text}", flush=True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``tsgf_lightning.stage`` process: what it runs, where it writes, how to tell it is done."""
+
+    name: str                  # file-safe id, also the log's name: "student_random+student_ipc1_seed0"
+    title: str                 # for people: "student random+student ipc1 seed0"
+    kind: Literal["teacher", "synthesis", "student"]
+    config: Path
+    overrides: tuple[str, ...]
+    result: Path
+    outputs: tuple[Path, ...] = ()   # must exist besides the result (teacher checkpoint, distilled.pt)
+    test: bool = True
+    method: str | None = None
+    ipc: int | None = None
+    seed: int | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "tsgf_lightning.stage", "--config", str(self.config), *self.overrides,
+                "--resume", *(["--test"] if self.test else []), "--result", str(self.result)]
+
+    def done(self) -> bool:
+        return self.result.is_file() and all(p.exists() for p in self.outputs)
+
+
+def override(key: str, value) -> str:
+    """``--key=value`` as LightningCLI parses it (YAML/JSON flow for lists and dicts)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, (dict, list, tuple)):
+        text = json.dumps(value)
+    else:
+        text = str(value)
+    return f"--{key}={text}"
+
+
+def logger_dir(save_dir: Path, name: str) -> list[str]:
+    # An empty version ("--...version=" with nothing after "=" parses as "") puts the run in
+    # save_dir/name/ itself, not save_dir/name/version_N/, so --resume finds checkpoints/last.ckpt there.
+    return [override("trainer.logger.init_args.save_dir", save_dir), override("trainer.logger.init_args.name", name),
+            "--trainer.logger.init_args.version="]
+
+
+def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
+    """The stages, in run order: teacher, then per IPC each method's synthesis (once) and students."""
+    teacher_ckpt = out / "teacher" / "checkpoints" / "last.ckpt"
+    stages = [Stage("teacher", "teacher", "teacher", config_dir / "teacher.yaml", tuple(logger_dir(out, "teacher")),
+                    out / "teacher" / "result.json", outputs=(teacher_ckpt,))]
+    synthesis: dict[tuple, Stage] = {}
+    for k in cfg.ipc:
+        for m in cfg.methods:
+            if m.select == "teacher":
+                continue
+            distilled = None
+            if m.select == "synthesis":
+                key = (m.name if m.synthesis else "", k)  # methods without synthesis overrides share one run
+                if key not in synthesis:
+                    synthesis[key] = _synthesis_stage(config_dir, out, m, k, teacher_ckpt)
+                    stages.append(synthesis[key])
+                distilled = synthesis[key].outputs[0]
+            for s in range(cfg.seeds):
+                if distilled is not None:
+                    select = [override("data.train_set", "distilled"), override("data.distilled_path", distilled)]
+                else:  # a fresh random draw per seed: the spread then covers the choice of real videos too
+                    select = [override("data.train_set", m.select), override("data.ipc", k),
+                              override("data.subset_seed", s)]
+                run = out / "students" / m.name / f"ipc{k}"
+                overrides = [override("seed_everything", s), override("model.init_args.seed", s),
+                             override("model.init_args.teacher_ckpt", teacher_ckpt),
+                             *logger_dir(run, f"seed{s}"), *select,
+                             *(override(key, v) for key, v in m.student.items())]
+                stages.append(Stage(f"student_{m.name}_ipc{k}_seed{s}", f"student {m.name} ipc{k} seed{s}", "student",
+                                    config_dir / "student.yaml", tuple(overrides),
+                                    run / f"seed{s}" / "result.json", method=m.name, ipc=k, seed=s))
+    return stages
+
+
+def _synthesis_stage(config_dir: Path, out: Path, m: Method, k: int, teacher_ckpt: Path) -> Stage:
+    save_dir, name = (out / "synthesis", f"{m.name}_ipc{k}") if m.synthesis else (out, f"synthesis_ipc{k}")
+    export = Path(m.synthesis.get("model.init_args.export_dir", save_dir / name))
+    overrides = [override("model.init_args.teacher_ckpt", teacher_ckpt), override("model.init_args.ipc", k),
+                 *logger_dir(save_dir, name), override("model.init_args.export_dir", save_dir / name),
+                 *(override(key, v) for key, v in m.synthesis.items())]
+    stage_name = f"synthesis_{m.name}_ipc{k}" if m.synthesis else f"synthesis_ipc{k}"
+    return Stage(stage_name, stage_name.replace("_", " "), "synthesis", config_dir / "synthesis.yaml",
+                 tuple(overrides), save_dir / name / "result.json", outputs=(export / "distilled.pt",),
+                 test=False, method=m.name if m.synthesis else None, ipc=k)
+
+
+# ---------------------------------------------------------------------- checks before running
+def check_config_dir(config_dir: Path, methods: tuple[Method, ...]) -> None:
+    """Every config the methods need is in ``config_dir`` (synthesis.yaml only if a method distils)."""
+    needed = {"teacher.yaml", "pipeline.yaml"}
+    needed |= {"student.yaml" for m in methods if m.select != "teacher"}
+    needed |= {"synthesis.yaml" for m in methods if m.select == "synthesis"}
+    missing = [f for f in CONFIG_FILES if f in needed and not (config_dir / f).is_file()]
+    if missing:
+        raise PipelineError(f"config dir {config_dir} lacks {', '.join(missing)} (it must hold "
+                            f"{', '.join(CONFIG_FILES)})")
+
+
+def check_stage_arguments(stages: list[Stage]) -> None:
+    """Parse (never instantiate) one command per distinct (config, method) so a typo fails before any training.
+
+    LightningCLI's ``--print_config`` parses the config with every override and exits; jsonargparse
+    names an unknown option or a bad value.
+    """
+    import contextlib
+    import io
+    import warnings
+
+    from .cli import main as cli_main
+
+    seen = set()
+    for st in stages:
+        key = (st.kind, st.method)
+        if key in seen:
+            continue
+        seen.add(key)
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # sys.argv is ours
+                cli_main(["--config", str(st.config), *st.overrides, "--print_config"], run=False)
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                continue
+            text = err.getvalue()
+            text = text[text.find("error:"):] if "error:" in text else text[-2000:]
+            raise PipelineError(f"stage {st.title} would fail: its arguments do not parse against {st.config}:\n"
+                                f"{text.strip()}\ncommand: {shlex.join(st.command())}") from None
+
+
+def student_arch(config: Path, overrides: dict) -> str:
+    """The backbone's class name (``MiniC3D``) from the config, unless an override names another."""
+    import yaml
+
+    backbone = yaml.safe_load(config.read_text())["model"]["init_args"].get("backbone", {})
+    backbone = overrides.get("model.init_args.backbone", backbone)
+    path = overrides.get("model.init_args.backbone.class_path",
+                         backbone.get("class_path", "?") if isinstance(backbone, dict) else backbone)
+    return str(path).rsplit(".", 1)[-1]
+
+
+# ---------------------------------------------------------------------- running
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _lock(out: Path):
+    """An exclusive lock on ``OUT`` for this process and its stage (passed down), so two pipelines never share OUT."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".pipeline.lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise PipelineError(f"{out} is in use by another pipeline (or a stage it started is still running)") from None
+    return f
+
+
+def run_stage(stage: Stage, log_path: Path, progress: StageProgress, lock_fd: int) -> int:
+    """Run one stage, its output appended to ``log_path`` and its progress bar shown; returns the exit code."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(stage.command())}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, pass_fds=(lock_fd,))
+        try:
+            for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
+                log.write(chunk)
+                progress.feed(chunk)
+            return proc.wait()
+        except BaseException:
+            _stop(proc)
+            raise
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # Lightning stops at the next batch and exits
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _summary(stage: Stage) -> tuple[str, float | None]:
+    result = json.loads(stage.result.read_text())
+    top1 = result.get("test", {}).get("test/acc_top1")
+    if top1 is not None:
+        return f"top1 {top1:.3f}", top1
+    return f"{result.get('global_step', '?')} steps", None
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
+    return "\n".join("  " + line for line in lines[-n:])
+
+
+def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool = False,
+                 check: bool = True, bar: bool | None = None) -> list[dict]:
+    """Run (or resume) every stage, then write the results; returns the aggregated rows.
+
+    Raises:
+        PipelineError: bad config dir or pipeline.yaml, arguments that do not parse, or a failed stage.
+    """
+    config_dir, out = Path(config_dir).resolve(), Path(output_dir).resolve()
+    if not (config_dir / "pipeline.yaml").is_file():
+        raise PipelineError(f"config dir {config_dir} lacks pipeline.yaml (it must hold {', '.join(CONFIG_FILES)})")
+    cfg = load_pipeline_config(config_dir / "pipeline.yaml")
+    check_config_dir(config_dir, cfg.methods)
+    stages = plan(config_dir, out, cfg)
+    if dry_run:
+        for i, st in enumerate(stages, 1):
+            print(f"[{i}/{len(stages)}] {st.title}{' (done)' if st.done() else ''}\n  {shlex.join(st.command())}")
+        return []
+    pending = [st for st in stages if not st.done()]
+    if check and pending:
+        check_stage_arguments(pending)
+    lock = _lock(out)
+    previous = _read_stages(out / "stages.json")
+    records: list[dict] = []
+    old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        for i, st in enumerate(stages, 1):
+            head = f"[{i}/{len(stages)}] {st.title}"
+            log_path = out / "logs" / f"{st.name}.log"
+            if st.done():
+                text, top1 = _summary(st)
+                print(f"{head} ... skipped ({st.result} exists): {text}", flush=True)
+                wall = previous.get(st.name, {}).get("wall_s") or json.loads(st.result.read_text()).get("seconds")
+                records.append(_record(st, "skipped", wall, top1))
+                continue
+            progress = StageProgress(head + " ...", bar)
+            start = time.time()
+            try:
+                rc = run_stage(st, log_path, progress, lock.fileno())
+            except (KeyboardInterrupt, _Terminated):
+                progress.finish(f"interrupted after {time.time() - start:.0f}s")
+                raise PipelineError(f"interrupted during stage {st.title} (log: {log_path}); run the same command "
+                                    "again to resume it from its last checkpoint") from None
+            wall = time.time() - start
+            if rc != 0 or not st.done():
+                progress.finish(f"FAILED after {wall:.0f}s (exit code {rc})")
+                raise PipelineError(f"stage {st.title} failed (exit code {rc}); its log is {log_path}. Last lines:\n"
+                                    f"{_tail(log_path)}\nFix the cause and run the same command again: finished "
+                                    "stages are skipped.")
+            text, top1 = _summary(st)
+            progress.finish(f"done in {wall:.0f}s: {text}")
+            records.append(_record(st, "ran", wall, top1))
+            _write_stages(out / "stages.json", {**previous, **{r["stage"]: r for r in records}})
+        _write_stages(out / "stages.json", {**previous, **{r["stage"]: r for r in records}})
+        rows = aggregate(collect_runs(config_dir, cfg, stages))
+        paths = write_results(out, rows, records)
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+        lock.close()
+    print(f"results: {paths['md']}, {paths['json']}, {paths['png']}; TensorBoard: {paths['tensorboard']}")
+    return rows
+
+
+def _record(st: Stage, status: str, wall: float | None, top1: float | None) -> dict:
+    return {"stage": st.name, "status": status, "wall_s": None if wall is None else round(wall, 1), "top1": top1,
+            "log": f"logs/{st.name}.log", "command": st.command()}
+
+
+def _read_stages(path: Path) -> dict:
+    return {r["stage"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
+
+
+def _write_stages(path: Path, by_name: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(list(by_name.values()), indent=2))
+    os.replace(tmp, path)
+
+
+def collect_runs(config_dir: Path, cfg: PipelineConfig, stages: list[Stage]) -> list[dict]:
+    """Per-run records ``{"method", "ipc", "arch", "seed", "top1", "top5"}`` in method order, then IPC, then seed."""
+    runs = []
+    teacher = next(st for st in stages if st.kind == "teacher")
+    students = [st for st in stages if st.kind == "student"]
+    for m in cfg.methods:
+        if m.select == "teacher":
+            mine = [teacher]
+            arch = student_arch(config_dir / "teacher.yaml", {})
+        else:
+            mine = [st for st in students if st.method == m.name]
+            arch = student_arch(config_dir / "student.yaml", m.student)
+        for st in mine:
+            test = json.loads(st.result.read_text())["test"]
+            runs.append({"method": m.name, "ipc": st.ipc, "arch": arch, "seed": st.seed,
+                         "top1": test["test/acc_top1"], "top5": test["test/acc_top5"]})
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tsgf_lightning.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-dir", required=True, help="holds teacher/synthesis/student/pipeline.yaml")
+    parser.add_argument("--output-dir", required=True, help="every stage's run dir, logs and the results")
+    parser.add_argument("--dry-run", action="store_true", help="print the stages and their commands, run nothing")
+    parser.add_argument("--no-check", action="store_true", help="skip parsing the stages' arguments up front")
+    parser.add_argument("--bar", choices=["auto", "on", "off"], default="auto",
+                        help="show the running stage's progress bar (auto: when stdout is a terminal)")
+    args = parser.parse_args(argv)
+    try:
+        run_pipeline(args.config_dir, args.output_dir, args.dry_run, not args.no_check,
+                     {"auto": None, "on": True, "off": False}[args.bar])
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+__all__ = ["BUILTIN_METHODS", "Method", "PipelineConfig", "PipelineError", "Stage", "collect_runs", "main",
+           "plan", "run_pipeline"]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Coreset baselines as distilled sets: pick IPC real clips per class and export them as ``distilled.pt``.
+
+``python -m tsgf_lightning.select --config STAGE.yaml --method herding --ipc 5 --teacher-ckpt T.ckpt --output-dir D``
+
+The data section of any stage config (teacher, synthesis or student) says which dataset and clip
+geometry; the clips are the centre clips at the distilled resolution (exactly what random subsets
+and synthesis initialisations use), so a student trains on them like on any synthetic set.
+``random`` draws ``ipc`` clips per class with ``--seed``; ``herding``, ``kcenter`` and
+``confident`` work on the teacher's penultimate features / logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+
+from .data.datamodule import VideoDataModule
+from .export import export_distilled
+from .modules.frozen import load_teacher
+from .tsgf.selection import select_per_class
+from .video import normalize
+
+METHODS = ("random", "herding", "kcenter", "confident")
+
+
+def datamodule_from_config(config_path: str, overrides: dict | None = None) -> VideoDataModule:
+    """Instantiate the ``data`` section of a stage config (plus dotted ``overrides`` below ``data``)."""
+    with open(config_path) as f:
+        data_cfg = (yaml.safe_load(f) or {}).get("data")
+    if data_cfg is None:
+        raise ValueError(f"{config_path} has no `data` section")
+    for key, value in (overrides or {}).items():
+        data_cfg[key] = value
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(VideoDataModule, "data")
+    cfg = parser.parse_object({"data": data_cfg})
+    return parser.instantiate_classes(cfg).data
+
+
+@torch.no_grad()
+def teacher_outputs(teacher, clips: torch.Tensor, mean, std, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features ``(N, D)`` and logits ``(N, K)`` of uint8 clips ``(N, C, T, H, W)``."""
+    feats, logits = [], []
+    for i in range(0, len(clips), batch_size):
+        x = normalize(clips[i:i + batch_size].float() / 255.0, mean, std)
+        f = teacher.net.features(x)
+        feats.append(f)
+        logits.append(teacher.net.classifier(f))
+    return torch.cat(feats), torch.cat(logits)
+
+
+def select(dm: VideoDataModule, method: str, ipc: int, seed: int = 0, teacher_ckpt: str | None = None) -> tuple:
+    """``(clips uint8 (N, C, T, S, S), labels, indices into split("fit"))`` chosen by ``method``."""
+    if method not in METHODS:
+        raise ValueError(f"Expected argument `method` to be one of {METHODS} but got {method!r}")
+    if method == "random":
+        return dm.random_subset(ipc, seed)
+    if teacher_ckpt is None:
+        raise ValueError(f"selection {method!r} needs a teacher checkpoint (--teacher-ckpt)")
+    teacher, _ = load_teacher(teacher_ckpt, dm.num_classes, None, dm.class_names, dm.frames, dm.size)
+    clips, labels = dm.real_clips("fit")
+    features, logits = teacher_outputs(teacher, clips, dm.mean, dm.std)
+    idx = select_per_class(labels, ipc, method, features=features, logits=logits)
+    return clips[idx], labels[idx], idx
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="a stage config whose `data` section names the dataset")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher-ckpt", default=None)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--no-media", action="store_true", help="write distilled.pt only")
+    args = p.parse_args(argv)
+    dm = datamodule_from_config(args.config, {"train_set": "real", "distilled_path": None})
+    dm.prepare_data()
+    clips, labels, idx = select(dm, args.method, args.ipc, args.seed, args.teacher_ckpt)
+    paths = dm.split("fit").paths
+    path = export_distilled(args.output_dir, clips.float() / 255.0, labels, dm.class_names, args.ipc,
+                            list(dm.mean), list(dm.std), method=args.method,
+                            config={"config": args.config, "method": args.method, "ipc": args.ipc, "seed": args.seed},
+                            extra={"init_paths": [paths[i] for i in idx.tolist()]}, media=not args.no_media)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
