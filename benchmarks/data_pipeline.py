@@ -45,7 +45,6 @@ from tsgf_lightning.data.datamodule import VideoDataModule  # noqa: E402
 from tsgf_lightning.data.sources import UCF101, Embedded, VideoSource  # noqa: E402
 from tsgf_lightning.models import MiniC3D  # noqa: E402
 
-
 #: Everything below this line of the results file is hand-written and kept when the tables are rewritten.
 NOTES_MARKER = "<!-- notes: kept across runs -->"
 

@@ -93,7 +93,9 @@ def run_bare(teacher: Path, classes: int, ipc: int, frames: int, steps: int, dev
     from tsgf_lightning.modules.frozen import load_teacher
     from tsgf_lightning.modules.synthesis import apply_crop_flip, crop_flip_thetas
     from tsgf_lightning.tsgf import BNStatistics, temporal_saliency, tsgf_mask
-    from tsgf_lightning.video import IMAGENET_MEAN as mean, IMAGENET_STD as std, denormalize, pixel_bounds
+    from tsgf_lightning.video import IMAGENET_MEAN as mean
+    from tsgf_lightning.video import IMAGENET_STD as std
+    from tsgf_lightning.video import denormalize, pixel_bounds
 
     a = MODULE_ARGS
     net, _ = load_teacher(str(teacher), classes, None, None, frames, SIZE)
@@ -219,8 +221,9 @@ def worker(args) -> None:
     import torch
 
     warnings.filterwarnings("ignore")
-    import lightning  # noqa: F401  (both sides pay the import before the baseline)
     import logging
+
+    import lightning  # noqa: F401  (both sides pay the import before the baseline)
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -16,8 +16,6 @@ from tsgf_lightning.data.distilled import DistilledSetError
 from tsgf_lightning.data.sources import UCF101, VideoFolder
 
 
-
-
 def tiny_dm(tiny_embedded, cache_dir: str, **kwargs) -> VideoDataModule:
     args = dict(frames=8, size=48, flip=False, batch_size=8, num_workers=0, decode_workers=1, cache_dir=cache_dir)
     return VideoDataModule(tiny_embedded.source(), **{**args, **kwargs})

@@ -11,9 +11,6 @@ import torch
 
 from tsgf_lightning.data.decode import VideoDecodeError, decode_clips, sample_indices
 
-
-
-
 # ------------------------------------------------------------------------------------------- sampling
 
 def naive_indices(n: int, T: int, sampling: str, gap: int, position: float) -> list[int]:

@@ -46,6 +46,7 @@ def make_config_dir(out: Path, data, cache_dir: str, pipeline: dict) -> Path:
         _put(cfg, "data.num_workers", 0)
         if stage == "synthesis":
             _put(cfg, "trainer.max_steps", 3)
+            _put(cfg, "model.init_args.factor", 1)  # the tiny set has 3 clips a class, factor 2 needs 4
         else:
             _put(cfg, "trainer.max_epochs", 1)
             _put(cfg, "trainer.num_sanity_val_steps", 0)
@@ -216,6 +217,9 @@ def test_config_dir_lacking_a_config_is_named(tmp_path, tiny_dir, missing):
     ({"extra_methods": {"x": {"student": {"model.init_args.mix": "none"}, "lr": 1}}}, r"unknown key\(s\) \['lr'\]"),
     ({"extra_methods": {"x": {"select": "random", "synthesis": {"model.init_args.mask": "none"}}}},
      r"gives `synthesis` overrides but selects 'random'"),
+    ({"extra_methods": {"x": {"ipc": [1, 0]}}}, r"`ipc` of `extra_methods.x`.*>= 1 but got 0"),
+    ({"extra_methods": {"x": {"ipc": [2, 2]}}}, r"`ipc` of `extra_methods.x`.*distinct"),
+    ({"extra_methods": {"x": {"seeds": 0}}}, r"`seeds` of `extra_methods.x`.*>= 1 but got 0"),
 ])
 def test_bad_pipeline_yaml_is_named_before_any_stage(tmp_path, tiny_dir, pipeline, message):
     cfg = tiny_dir(pipeline)
@@ -300,3 +304,27 @@ def test_write_results_for_several_ipcs(tmp_path):
     assert "| tsgf | A | 3 |  | 10.0 ± 1.0 | 50.0 ± 1.0 | 100.0 ± 1.0 |" in md
     assert "| full | A | 1 | 80.0 ± 0.0 |  |  |  |" in md
     assert plot_accuracy_vs_ipc(rows, tmp_path / "p.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------- (4) independent stages at once
+@pytest.mark.slow
+def test_parallel_run_respects_stage_dependencies(tmp_path, tiny_embedded, shared_cache_dir, subprocess_env):
+    methods = ["full", "random+student", "tsgf"]
+    cfg = make_config_dir(tmp_path / "cfg", tiny_embedded, shared_cache_dir,
+                          {"ipc": [1], "seeds": 1, "methods": methods, "jobs": 2})
+    out = tmp_path / "out"
+    proc = run_cli(cfg, out, subprocess_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+
+    def at(stage: str, event: str) -> int:
+        return next(i for i, line in enumerate(lines) if f"] {stage} ... {event}" in line)
+
+    # Nothing starts before the teacher is done; the tsgf student waits for its distilled set; the
+    # random+student student does not (it may run beside synthesis).
+    assert at("teacher", "done") < min(at(s, "started") for s in ("synthesis ipc1", "student tsgf ipc1 seed0",
+                                                                    "student random+student ipc1 seed0"))
+    assert at("synthesis ipc1", "done") < at("student tsgf ipc1 seed0", "started")
+    assert "2 stages at once" in proc.stdout
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in rows] == methods

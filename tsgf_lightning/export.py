@@ -25,13 +25,15 @@ def _slug(name: str) -> str:
 
 def export_distilled(out_dir: str | Path, videos: Tensor, labels: Tensor, class_names: list[str], ipc: int,
                      mean: list[float], std: list[float], method: str, teacher_sha256: str = "",
-                     config: dict | None = None, extra: dict | None = None, media: bool = True) -> Path:
+                     config: dict | None = None, extra: dict | None = None, media: bool = True,
+                     factor: int = 1) -> Path:
     """Write ``out_dir/distilled.pt`` (+ ``grids/``, ``videos/`` when ``media``) and return its path.
 
     Args:
         videos: ``(N, C, T, H, W)`` in ``[0, 1]`` pixel space (clamped and stored as float16).
         labels: ``(N,)`` int64.
         extra: more plain-typed entries for the file (e.g. the real videos used for initialisation).
+        factor: multi-formation factor: each video holds ``factor x factor`` tiles (one clip each).
     """
     out = Path(out_dir)
     pixels = videos.detach().float().cpu().clamp(0, 1)
@@ -41,7 +43,7 @@ def export_distilled(out_dir: str | Path, videos: Tensor, labels: Tensor, class_
         "videos": pixels.to(torch.float16), "labels": labels, "class_names": list(class_names), "ipc": int(ipc),
         "frames": int(T), "size": int(H), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
         "method": method, "teacher_sha256": teacher_sha256, "config": config or {},
-        "format_version": FORMAT_VERSION, **(extra or {}),
+        "factor": int(factor), "format_version": FORMAT_VERSION, **(extra or {}),
     }
     if media:
         for c, name in enumerate(class_names):
@@ -66,7 +68,8 @@ def export_from_checkpoint(ckpt_path: str, out_dir: str, media: bool = True) -> 
     return export_distilled(out_dir, videos, ckpt["state_dict"]["labels"], record["class_names"], record["ipc"],
                             record["mean"], record["std"], method=record.get("method", "tsgf"),
                             teacher_sha256=record.get("teacher_sha256", ""), config=record.get("config", {}),
-                            extra={"steps": int(ckpt.get("global_step", 0))}, media=media)
+                            extra={"steps": int(ckpt.get("global_step", 0))}, media=media,
+                            factor=int(record.get("factor", 1)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@
 
     ipc: [1]              # IPCs to distil
     seeds: 3              # student seeds per (method, ipc): 0, 1, ..., seeds - 1
+    jobs: 1               # stages run at once (independent ones only), each on cores / jobs threads
     methods: [full, random, random+student, tsgf]
     extra_methods: {}     # name -> {select: synthesis|random, synthesis: {key: value}, student: {key: value}}
 
@@ -43,8 +44,8 @@ from typing import Any, Literal
 from .results import aggregate, write_results
 
 CONFIG_FILES = ("teacher.yaml", "synthesis.yaml", "student.yaml", "pipeline.yaml")
-PIPELINE_KEYS = ("ipc", "seeds", "methods", "extra_methods")
-METHOD_KEYS = ("select", "synthesis", "student")
+PIPELINE_KEYS = ("ipc", "seeds", "methods", "extra_methods", "jobs")
+METHOD_KEYS = ("select", "synthesis", "student", "ipc", "seeds")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -66,12 +67,18 @@ class Method:
         synthesis: overrides of synthesis.yaml (dotted keys); non-empty gets its own synthesis run
             ``OUT/synthesis/<name>_ipcK``, empty shares ``OUT/synthesis_ipcK``.
         student: overrides of student.yaml, applied after the pipeline's own.
+        ipc: the IPCs this method runs at (None: ``pipeline.yaml``'s ``ipc``); may name IPCs the
+            others skip (an ablation row at IPC 10 only).
+        seeds: student seeds of this method (None: ``pipeline.yaml``'s ``seeds``); fewer for
+            ablation rows where compute is short.
     """
 
     name: str
     select: str = "synthesis"
     synthesis: Mapping[str, Any] = field(default_factory=dict)
     student: Mapping[str, Any] = field(default_factory=dict)
+    ipc: tuple[int, ...] | None = None
+    seeds: int | None = None
 
 
 BUILTIN_METHODS: dict[str, Method] = {m.name: m for m in (
@@ -92,6 +99,7 @@ class PipelineConfig:
     ipc: tuple[int, ...]
     seeds: int
     methods: tuple[Method, ...]
+    jobs: int = 1
 
 
 def _real_selections() -> tuple[str, ...]:
@@ -133,8 +141,16 @@ def _extra_method(path: Path, name, spec, selections: tuple[str, ...]) -> Method
                             f"{select!r}")
     if spec.get("synthesis") and select != "synthesis":
         raise PipelineError(f"{where} gives `synthesis` overrides but selects {select!r} (no synthesis stage)")
+    ipc = spec.get("ipc")
+    if ipc is not None:
+        ipc = [ipc] if isinstance(ipc, int) and not isinstance(ipc, bool) else ipc
+        if not isinstance(ipc, list) or not ipc or len(set(map(str, ipc))) != len(ipc):
+            raise PipelineError(f"Expected `ipc` of {where} to be a non-empty list of distinct integers >= 1 "
+                                f"but got {spec.get('ipc')!r}")
+        ipc = tuple(sorted(_int(f"every `ipc` of {where}", k, 1) for k in ipc))
+    seeds = None if spec.get("seeds") is None else _int(f"`seeds` of {where}", spec["seeds"], 1)
     return Method(name, select, _overrides(f"`synthesis` of {where}", spec.get("synthesis") or {}),
-                  _overrides(f"`student` of {where}", spec.get("student") or {}))
+                  _overrides(f"`student` of {where}", spec.get("student") or {}), ipc, seeds)
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
@@ -160,6 +176,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     if len(set(ipc)) != len(ipc):
         raise PipelineError(f"Expected `ipc` in {path} to have no repeats but got {ipc}")
     seeds = _int(f"`seeds` in {path}", raw.get("seeds", 3), 1)
+    jobs = _int(f"`jobs` in {path}", raw.get("jobs", 1), 1)
     extra_raw = raw.get("extra_methods") or {}
     if not isinstance(extra_raw, dict):
         raise PipelineError(f"Expected `extra_methods` in {path} to be a mapping name -> spec but got {extra_raw!r}")
@@ -176,7 +193,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     if len(set(names)) != len(names):
         raise PipelineError(f"Expected `methods` in {path} to have no repeats but got {names}")
     names += [n for n in extra if n not in names]
-    return PipelineConfig(tuple(sorted(ipc)), seeds, tuple(known[n] for n in names))
+    return PipelineConfig(tuple(sorted(ipc)), seeds, tuple(known[n] for n in names), jobs)
 
 
 # ---------------------------------------------------------------------- progress
@@ -228,6 +245,7 @@ class Stage:
     method: str | None = None
     ipc: int | None = None
     seed: int | None = None
+    needs: tuple[str, ...] = ()      # names of the stages whose outputs this one reads
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "tsgf_lightning.stage", "--config", str(self.config), *self.overrides,
@@ -263,9 +281,9 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
     stages = [Stage("teacher", "teacher", "teacher", config_dir / "teacher.yaml", tuple(logger_dir(out, "teacher")),
                     out / "teacher" / "result.json", outputs=(teacher_ckpt,))]
     synthesis: dict[tuple, Stage] = {}
-    for k in cfg.ipc:
+    for k in sorted({*cfg.ipc, *(i for m in cfg.methods for i in (m.ipc or ()))}):
         for m in cfg.methods:
-            if m.select == "teacher":
+            if m.select == "teacher" or k not in (m.ipc or cfg.ipc):
                 continue
             distilled = None
             if m.select == "synthesis":
@@ -274,7 +292,7 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
                     synthesis[key] = _synthesis_stage(config_dir, out, m, k, teacher_ckpt)
                     stages.append(synthesis[key])
                 distilled = synthesis[key].outputs[0]
-            for s in range(cfg.seeds):
+            for s in range(m.seeds or cfg.seeds):
                 if distilled is not None:
                     select = [override("data.train_set", "distilled"), override("data.distilled_path", distilled)]
                 else:  # a fresh random draw per seed: the spread then covers the choice of real videos too
@@ -285,9 +303,10 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
                              override("model.init_args.teacher_ckpt", teacher_ckpt),
                              *logger_dir(run, f"seed{s}"), *select,
                              *(override(key, v) for key, v in m.student.items())]
+                needs = ("teacher",) if distilled is None else ("teacher", synthesis[key].name)
                 stages.append(Stage(f"student_{m.name}_ipc{k}_seed{s}", f"student {m.name} ipc{k} seed{s}", "student",
                                     config_dir / "student.yaml", tuple(overrides),
-                                    run / f"seed{s}" / "result.json", method=m.name, ipc=k, seed=s))
+                                    run / f"seed{s}" / "result.json", method=m.name, ipc=k, seed=s, needs=needs))
     return stages
 
 
@@ -300,7 +319,7 @@ def _synthesis_stage(config_dir: Path, out: Path, m: Method, k: int, teacher_ckp
     stage_name = f"synthesis_{m.name}_ipc{k}" if m.synthesis else f"synthesis_ipc{k}"
     return Stage(stage_name, stage_name.replace("_", " "), "synthesis", config_dir / "synthesis.yaml",
                  tuple(overrides), save_dir / name / "result.json", outputs=(export / "distilled.pt",),
-                 test=False, method=m.name if m.synthesis else None, ipc=k)
+                 test=False, method=m.name if m.synthesis else None, ipc=k, needs=("teacher",))
 
 
 # ---------------------------------------------------------------------- checks before running
@@ -398,6 +417,25 @@ def run_stage(stage: Stage, log_path: Path, progress: StageProgress, lock_fd: in
             raise
 
 
+def _threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _launch(stage: Stage, log_path: Path, lock_fd: int, jobs: int):
+    """Start a stage writing straight to its log (no progress bar: several run at once)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(stage.command())}\n".encode())
+    log.flush()
+    # Small convolutions gain little from a second thread and lose much to contention: give each
+    # of the concurrent stages its share of the cores (unless the user chose a thread count).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", str(_threads_per_job(jobs)))
+    proc = subprocess.Popen(stage.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, pass_fds=(lock_fd,))
+    return proc, log
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)  # Lightning stops at the next batch and exits
@@ -422,8 +460,10 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool = False,
-                 check: bool = True, bar: bool | None = None) -> list[dict]:
+                 check: bool = True, bar: bool | None = None, jobs: int | None = None) -> list[dict]:
     """Run (or resume) every stage, then write the results; returns the aggregated rows.
+
+    ``jobs`` (default: ``pipeline.yaml``'s, else 1) stages run at once when their inputs are ready.
 
     Raises:
         PipelineError: bad config dir or pipeline.yaml, arguments that do not parse, or a failed stage.
@@ -432,6 +472,7 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
     if not (config_dir / "pipeline.yaml").is_file():
         raise PipelineError(f"config dir {config_dir} lacks pipeline.yaml (it must hold {', '.join(CONFIG_FILES)})")
     cfg = load_pipeline_config(config_dir / "pipeline.yaml")
+    jobs = _int("`--jobs`", jobs, 1) if jobs is not None else cfg.jobs
     check_config_dir(config_dir, cfg.methods)
     stages = plan(config_dir, out, cfg)
     if dry_run:
@@ -446,34 +487,23 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
     records: list[dict] = []
     old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        for i, st in enumerate(stages, 1):
-            head = f"[{i}/{len(stages)}] {st.title}"
-            log_path = out / "logs" / f"{st.name}.log"
+        numbered = {st.name: f"[{i}/{len(stages)}] {st.title}" for i, st in enumerate(stages, 1)}
+        for st in stages:
             if st.done():
                 text, top1 = _summary(st)
-                print(f"{head} ... skipped ({st.result} exists): {text}", flush=True)
+                print(f"{numbered[st.name]} ... skipped ({st.result} exists): {text}", flush=True)
                 wall = previous.get(st.name, {}).get("wall_s") or json.loads(st.result.read_text()).get("seconds")
                 records.append(_record(st, "skipped", wall, top1))
-                continue
-            progress = StageProgress(head + " ...", bar)
-            start = time.time()
-            try:
-                rc = run_stage(st, log_path, progress, lock.fileno())
-            except (KeyboardInterrupt, _Terminated):
-                progress.finish(f"interrupted after {time.time() - start:.0f}s")
-                raise PipelineError(f"interrupted during stage {st.title} (log: {log_path}); run the same command "
-                                    "again to resume it from its last checkpoint") from None
-            wall = time.time() - start
-            if rc != 0 or not st.done():
-                progress.finish(f"FAILED after {wall:.0f}s (exit code {rc})")
-                raise PipelineError(f"stage {st.title} failed (exit code {rc}); its log is {log_path}. Last lines:\n"
-                                    f"{_tail(log_path)}\nFix the cause and run the same command again: finished "
-                                    "stages are skipped.")
-            text, top1 = _summary(st)
-            progress.finish(f"done in {wall:.0f}s: {text}")
-            records.append(_record(st, "ran", wall, top1))
+        todo = [st for st in stages if not st.done()]
+
+        def save() -> None:
             _write_stages(out / "stages.json", {**previous, **{r["stage"]: r for r in records}})
-        _write_stages(out / "stages.json", {**previous, **{r["stage"]: r for r in records}})
+
+        if jobs == 1:
+            _run_sequential(todo, numbered, out, bar, lock.fileno(), records, save)
+        else:
+            _run_parallel(todo, numbered, out, jobs, lock.fileno(), records, save)
+        save()
         rows = aggregate(collect_runs(config_dir, cfg, stages))
         paths = write_results(out, rows, records)
     finally:
@@ -481,6 +511,78 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
         lock.close()
     print(f"results: {paths['md']}, {paths['json']}, {paths['png']}; TensorBoard: {paths['tensorboard']}")
     return rows
+
+
+def _failed(st: Stage, rc: int, log_path: Path) -> PipelineError:
+    return PipelineError(f"stage {st.title} failed (exit code {rc}); its log is {log_path}. Last lines:\n"
+                         f"{_tail(log_path)}\nFix the cause and run the same command again: finished stages are skipped.")
+
+
+def _run_sequential(todo: list[Stage], numbered: dict, out: Path, bar, lock_fd: int, records: list, save) -> None:
+    """One stage at a time, its progress bar on the stage's line."""
+    for st in todo:
+        log_path = out / "logs" / f"{st.name}.log"
+        progress = StageProgress(numbered[st.name] + " ...", bar)
+        start = time.time()
+        try:
+            rc = run_stage(st, log_path, progress, lock_fd)
+        except (KeyboardInterrupt, _Terminated):
+            progress.finish(f"interrupted after {time.time() - start:.0f}s")
+            raise PipelineError(f"interrupted during stage {st.title} (log: {log_path}); run the same command "
+                                "again to resume it from its last checkpoint") from None
+        wall = time.time() - start
+        if rc != 0 or not st.done():
+            progress.finish(f"FAILED after {wall:.0f}s (exit code {rc})")
+            raise _failed(st, rc, log_path)
+        text, top1 = _summary(st)
+        progress.finish(f"done in {wall:.0f}s: {text}")
+        records.append(_record(st, "ran", wall, top1))
+        save()
+
+
+def _run_parallel(todo: list[Stage], numbered: dict, out: Path, jobs: int, lock_fd: int, records: list,
+                  save) -> None:
+    """Up to ``jobs`` stages at once, each started when the stages it ``needs`` are done (teacher and
+    synthesis before students when several are ready: students wait for them, not the other way)."""
+    done = {r["stage"] for r in records}
+    queue, running = list(todo), {}  # name -> (stage, proc, log, start)
+    print(f"running up to {jobs} stages at once, {_threads_per_job(jobs)} thread(s) each; logs in {out / 'logs'}",
+          flush=True)
+    try:
+        while queue or running:
+            ready = [st for st in queue if all(n in done for n in st.needs)]
+            ready.sort(key=lambda st: st.kind == "student")  # stable: stages others wait for go first
+            for st in ready[: jobs - len(running)]:
+                proc, log = _launch(st, out / "logs" / f"{st.name}.log", lock_fd, jobs)
+                running[st.name] = (st, proc, log, time.time())
+                queue.remove(st)
+                print(f"{numbered[st.name]} ... started", flush=True)
+            if not running:  # nothing can start: a needed stage is missing from the plan
+                raise PipelineError(f"stages {[st.title for st in queue]} wait for stages that never ran")
+            time.sleep(0.2)
+            for name, (st, proc, log, start) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                log.close()
+                del running[name]
+                wall = time.time() - start
+                if rc != 0 or not st.done():
+                    print(f"{numbered[name]} ... FAILED after {wall:.0f}s (exit code {rc})", flush=True)
+                    raise _failed(st, rc, out / "logs" / f"{name}.log")
+                text, top1 = _summary(st)
+                print(f"{numbered[name]} ... done in {wall:.0f}s: {text}", flush=True)
+                records.append(_record(st, "ran", wall, top1))
+                done.add(name)
+                save()
+    except (KeyboardInterrupt, _Terminated):
+        names = [st.title for st, *_ in running.values()]
+        raise PipelineError(f"interrupted during stages {names}; run the same command again to resume them "
+                            "from their last checkpoints") from None
+    finally:
+        for st, proc, log, _ in running.values():
+            _stop(proc)
+            log.close()
 
 
 def _record(st: Stage, status: str, wall: float | None, top1: float | None) -> dict:
@@ -523,12 +625,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", required=True, help="every stage's run dir, logs and the results")
     parser.add_argument("--dry-run", action="store_true", help="print the stages and their commands, run nothing")
     parser.add_argument("--no-check", action="store_true", help="skip parsing the stages' arguments up front")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="stages run at once (default: pipeline.yaml's `jobs`, else 1); each gets cores/jobs threads")
     parser.add_argument("--bar", choices=["auto", "on", "off"], default="auto",
                         help="show the running stage's progress bar (auto: when stdout is a terminal)")
     args = parser.parse_args(argv)
     try:
         run_pipeline(args.config_dir, args.output_dir, args.dry_run, not args.no_check,
-                     {"auto": None, "on": True, "off": False}[args.bar])
+                     {"auto": None, "on": True, "off": False}[args.bar], args.jobs)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -21,6 +21,7 @@ from jsonargparse import ArgumentParser
 from .data.datamodule import VideoDataModule
 from .export import export_distilled
 from .modules.frozen import load_teacher
+from .tsgf.multiformation import pack_tiles
 from .tsgf.selection import select_per_class
 from .video import normalize
 
@@ -74,17 +75,21 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--ipc", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--factor", type=int, default=1,
+                   help="multi-formation: ipc * factor^2 clips per class, packed factor x factor per stored video")
     p.add_argument("--teacher-ckpt", default=None)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--no-media", action="store_true", help="write distilled.pt only")
     args = p.parse_args(argv)
     dm = datamodule_from_config(args.config, {"train_set": "real", "distilled_path": None})
     dm.prepare_data()
-    clips, labels, idx = select(dm, args.method, args.ipc, args.seed, args.teacher_ckpt)
+    f2 = args.factor ** 2
+    clips, labels, idx = select(dm, args.method, args.ipc * f2, args.seed, args.teacher_ckpt)
     paths = dm.split("fit").paths
-    path = export_distilled(args.output_dir, clips.float() / 255.0, labels, dm.class_names, args.ipc,
-                            list(dm.mean), list(dm.std), method=args.method,
-                            config={"config": args.config, "method": args.method, "ipc": args.ipc, "seed": args.seed},
+    stored = pack_tiles(clips.float() / 255.0, args.factor)
+    config = {"config": args.config, "method": args.method, "ipc": args.ipc, "seed": args.seed, "factor": args.factor}
+    path = export_distilled(args.output_dir, stored, labels[::f2], dm.class_names, args.ipc, list(dm.mean),
+                            list(dm.std), method=args.method, config=config, factor=args.factor,
                             extra={"init_paths": [paths[i] for i in idx.tolist()]}, media=not args.no_media)
     print(path)
     return path

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ..tsgf.multiformation import pack_tiles, unpack_tiles
 from ..video import IMAGENET_MEAN, IMAGENET_STD
 from .cache import ClipSpec, DecodedSplit, load_or_decode
 from .decode import Sampling
@@ -75,16 +76,20 @@ class ClipDataset(Dataset):
     """Clips ``(N, K, C, T, H, W)`` (uint8, or float in [0, 1]) with labels; one of the K clips per access.
 
     ``repeats`` serves the set several times per epoch (tiny distilled sets would otherwise make
-    one-step epochs). With K > 1 a random clip of the video is drawn each time (temporal jitter).
+    one-step epochs); ``samples_per_epoch``, when given, fixes the epoch length instead, whatever the
+    set's size (index ``i`` serves clip ``i mod N``). With K > 1 a random clip of the video is drawn
+    each time (temporal jitter).
     """
 
-    def __init__(self, clips: Tensor, labels: Tensor, transform: ClipTransform, repeats: int = 1):
+    def __init__(self, clips: Tensor, labels: Tensor, transform: ClipTransform, repeats: int = 1,
+                 samples_per_epoch: int | None = None):
         if clips.dim() == 5:
             clips = clips.unsqueeze(1)
-        self.clips, self.labels, self.transform, self.repeats = clips, labels, transform, repeats
+        self.clips, self.labels, self.transform = clips, labels, transform
+        self.length = samples_per_epoch if samples_per_epoch else len(labels) * repeats
 
     def __len__(self) -> int:
-        return len(self.labels) * self.repeats
+        return self.length
 
     def __getitem__(self, i: int) -> dict:
         i = i % len(self.labels)
@@ -123,6 +128,11 @@ class VideoDataModule(L.LightningDataModule):
         subset_seed: seed of the random subset.
         distilled_path: the ``distilled.pt`` for ``train_set: distilled``.
         train_repeats: passes over the training set per epoch.
+        samples_per_epoch: if set, every epoch serves this many training samples whatever the set's
+            size (so a protocol of N steps means the same for IPC 1 and IPC 10); overrides ``train_repeats``.
+        subset_factor: multi-formation factor of ``random`` subsets: ``ipc * f^2`` clips per class, packed
+            ``f x f`` into ``ipc`` stored videos and served as tiles upsampled to ``size``
+            (:mod:`~tsgf_lightning.tsgf.multiformation`); distilled sets carry their own factor.
         steps_per_epoch: batches per epoch for ``train_set: none``.
         val_fraction: fraction of training source groups held out for validation (0 = no validation).
         val_seed: seed of the carve-out.
@@ -149,6 +159,8 @@ class VideoDataModule(L.LightningDataModule):
         subset_seed: int = 0,
         distilled_path: str | None = None,
         train_repeats: int = 1,
+        samples_per_epoch: int | None = None,
+        subset_factor: int = 1,
         steps_per_epoch: int = 100,
         val_fraction: float = 0.0,
         val_seed: int = 0,
@@ -166,7 +178,8 @@ class VideoDataModule(L.LightningDataModule):
     ):
         super().__init__()
         for name, value, low in (("frames", frames, 1), ("size", size, 1), ("ipc", ipc, 1), ("batch_size", batch_size, 1),
-                                 ("train_clips_per_video", train_clips_per_video, 1), ("train_repeats", train_repeats, 1)):
+                                 ("train_clips_per_video", train_clips_per_video, 1), ("train_repeats", train_repeats, 1),
+                                 ("subset_factor", subset_factor, 1)):
             if value < low:
                 raise ValueError(f"Expected argument `{name}` to be >= {low} but got {value}")
         if not 0.0 <= val_fraction < 1.0:
@@ -264,13 +277,17 @@ class VideoDataModule(L.LightningDataModule):
         if stage == "fit" and self.train_data is None:
             if self.train_set == "real":
                 data = self.split("fit")
-                self.train_data = ClipDataset(data.clips, data.labels, self._transform(True), h.train_repeats)
+                self.train_data = self._train_dataset(data.clips, data.labels)
             elif self.train_set == "random":
-                clips, labels, _ = self.random_subset(h.ipc, h.subset_seed)
-                self.train_data = ClipDataset(clips, labels, self._transform(True), h.train_repeats)
+                clips, labels, _ = self.random_subset(h.ipc * h.subset_factor ** 2, h.subset_seed)
+                # Pack into the stored budget, then serve the tiles: exactly what a distilled set would hold.
+                stored = pack_tiles(clips.float() / 255.0, h.subset_factor)
+                self.train_data = self._train_dataset(unpack_tiles(stored, h.subset_factor), labels)
             elif self.train_set == "distilled":
                 d = load_distilled(h.distilled_path, self.num_classes, self.frames, self.size)
-                self.train_data = ClipDataset(d["videos"].float(), d["labels"], self._transform(True), h.train_repeats)
+                factor = int(d.get("factor", 1))
+                labels = d["labels"].repeat_interleave(factor * factor)
+                self.train_data = self._train_dataset(unpack_tiles(d["videos"].float(), factor), labels)
             else:
                 self.train_data = _StepDataset(h.steps_per_epoch)
         if stage in ("fit", "validate") and self.val_data is None and h.val_fraction > 0:
@@ -279,6 +296,10 @@ class VideoDataModule(L.LightningDataModule):
         if stage == "test" and self.test_data is None:
             data = self.split("test")
             self.test_data = ClipDataset(data.clips, data.labels, self._transform(False))
+
+    def _train_dataset(self, clips: Tensor, labels: Tensor) -> ClipDataset:
+        h = self.hparams
+        return ClipDataset(clips, labels, self._transform(True), h.train_repeats, h.samples_per_epoch)
 
     def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers

@@ -7,7 +7,8 @@ Contents (all plain tensors / Python types, so ``torch.load(weights_only=True)``
 - ``class_names`` (list of str), ``ipc`` (int), ``frames`` (int), ``size`` (int),
   ``mean`` / ``std`` (the normalisation the teacher saw), ``method`` (str: ``tsgf``, ``random``, ...),
   ``teacher_sha256`` (hex digest of the teacher checkpoint, or ``""``), ``config`` (dict),
-  ``format_version`` (int).
+  ``factor`` (int, multi-formation: each video holds ``factor x factor`` clips at ``1/factor``
+  resolution; absent = 1), ``format_version`` (int).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def load_distilled(path: str, num_classes: int | None = None, frames: int | None
             raise DistilledSetError(f"distilled set {path} has {what} = {got} but the data config expects {want}")
     if videos.shape[-2] != videos.shape[-1]:
         raise DistilledSetError(f"distilled set {path}: frames are {videos.shape[-2]}x{videos.shape[-1]}, not square")
+    factor = data.get("factor", 1)
+    if not isinstance(factor, int) or factor < 1 or videos.shape[-1] % factor:
+        raise DistilledSetError(f"distilled set {path}: factor {factor!r} does not divide the size {videos.shape[-1]}")
     if len(labels) and (labels.min() < 0 or labels.max() >= n_cls):
         raise DistilledSetError(f"distilled set {path}: labels outside [0, {n_cls})")
     return data

@@ -30,8 +30,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..export import export_distilled
+from ..select import select as select_clips
 from ..strategy import ShardedSynthesisStrategy
 from ..tsgf import BNStatistics, key_frames, temporal_saliency, tsgf_mask
+from ..tsgf.multiformation import pack_tiles, tile_map, unpack_tiles
 from ..video import denormalize, normalize, pixel_bounds
 from ..visualize import frame_grid, saliency_map
 from .classifier import Backbone, Schedule, lr_lambda
@@ -93,9 +95,14 @@ class SynthesisModule(L.LightningModule):
         teacher_ckpt: TeacherModule checkpoint; loaded in ``setup()`` and checked against the data.
         teacher_backbone: the teacher architecture, if the config wants it checked against the
             checkpoint; None = rebuild what the checkpoint records.
-        ipc: synthetic videos per class.
-        init: ``real`` = random real training clips of each class (seed ``init_seed``; recorded in
-            the export), ``noise`` = standard normal in input space.
+        ipc: synthetic videos per class (stored videos: the storage budget).
+        factor: multi-formation factor: each stored video holds ``factor x factor`` tiles, each a clip
+            of the class at ``1/factor`` resolution that the teacher (and later the student) sees
+            upsampled to full size (:mod:`~tsgf_lightning.tsgf.multiformation`). 1 = the paper.
+        init: ``real`` = real training clips of each class (recorded in the export), ``noise`` =
+            standard normal in input space.
+        init_select: which real clips: ``random`` (seed ``init_seed``), or the teacher's choice
+            (``confident``: highest probability of their class; ``herding``; ``kcenter``).
         init_seed: seed of the initialisation.
         lr, betas, schedule: Adam on the videos (SRe2L: betas (0.5, 0.9), cosine).
         ce_weight, bn_weight: ``a_ce`` and ``a_reg`` of Eq. 4 (the paper's r_bn is ``bn_weight``).
@@ -106,6 +113,8 @@ class SynthesisModule(L.LightningModule):
         mask: TSGF_O mask: ``eq8`` (the paper), ``binary`` (key frames 0, others 1), ``none`` (SRe2L).
         mask_target: ``gradient`` (the paper: scale the gradient; Adam largely normalises a slowly
             varying scale away) or ``update`` (scale the optimiser's actual step per frame).
+        mask_source: ``current`` (the paper: saliency of the current videos, every step) or ``init``
+            (saliency of the real initialisation, fixed: key frames then stay exactly real).
         signed_mask: the Appendix-E ablation: the mask may flip the gradient's sign.
         window_length, window, eps, eps_mode: saliency smoothing (Eq. 7) and threshold (Eq. 8).
         seed: seed of the per-step augmentation.
@@ -119,7 +128,9 @@ class SynthesisModule(L.LightningModule):
         teacher_ckpt: str,
         teacher_backbone: Backbone | None = None,
         ipc: int = 1,
+        factor: int = 1,
         init: Literal["real", "noise"] = "real",
+        init_select: Literal["random", "confident", "herding", "kcenter"] = "random",
         init_seed: int = 0,
         lr: float = 0.25,
         betas: tuple[float, float] = (0.5, 0.9),
@@ -132,6 +143,7 @@ class SynthesisModule(L.LightningModule):
         augment_flip: bool = True,
         mask: MaskShape = "eq8",
         mask_target: Literal["gradient", "update"] = "gradient",
+        mask_source: Literal["current", "init"] = "current",
         signed_mask: bool = False,
         window_length: int = 3,
         window: Literal["uniform", "hann", "exponential", "linear"] = "hann",
@@ -144,12 +156,14 @@ class SynthesisModule(L.LightningModule):
         super().__init__()
         if ipc < 1:
             raise ValueError(f"Expected argument `ipc` to be >= 1 but got {ipc}")
+        if factor < 1:
+            raise ValueError(f"Expected argument `factor` to be >= 1 but got {factor}")
         if lr <= 0:
             raise ValueError(f"Expected argument `lr` to be > 0 but got {lr}")
         if signed_mask and mask != "eq8":
             raise ValueError(f"Expected `signed_mask` only with `mask: eq8` but got mask={mask!r}")
         self.save_hyperparameters(ignore=["teacher_backbone"])
-        self.num_classes, self.ipc = num_classes, ipc
+        self.num_classes, self.ipc, self.factor = num_classes, ipc, factor
         self.teacher_backbone = teacher_backbone
         self.teacher: nn.Module | None = None
         self.videos: nn.Parameter | None = None
@@ -185,8 +199,11 @@ class SynthesisModule(L.LightningModule):
         index = torch.arange(classes.start * self.ipc, classes.stop * self.ipc)
         labels = torch.arange(self.num_classes).repeat_interleave(self.ipc)
         if h.init == "real":
-            clips, _, fit_idx = dm.random_subset(self.ipc, h.init_seed)  # class-major, like `labels`
-            init = normalize(clips[index].float() / 255.0, self.mean, self.std)
+            # ipc * factor^2 clips per class, class-major; packing keeps each run of factor^2 in one video.
+            clips, _, fit_idx = select_clips(dm, h.init_select, self.ipc * self.factor ** 2, h.init_seed,
+                                             teacher_ckpt=h.teacher_ckpt)
+            stored = pack_tiles(clips.float() / 255.0, self.factor)
+            init = normalize(stored[index], self.mean, self.std)
             paths = dm.split("fit").paths
             self.init_paths = [paths[i] for i in fit_idx.tolist()]
         else:
@@ -198,6 +215,8 @@ class SynthesisModule(L.LightningModule):
         self.videos = nn.Parameter(torch.maximum(torch.minimum(init, hi), lo).to(self.device))
         self.register_buffer("labels", labels[index].to(self.device))
         self.register_buffer("global_index", index.to(self.device))
+        # The saliency of the initialisation, for `mask_source: init` (recomputed identically on resume).
+        self._init_saliency = self._saliency()
 
     @property
     def _world(self) -> int:
@@ -211,21 +230,33 @@ class SynthesisModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ the step
+    @property
+    def n_clips(self) -> int:
+        """Clips the teacher sees per step over the whole set: stored videos x tiles."""
+        return self.n_global * self.factor ** 2
+
+    def _tile_rows(self) -> Tensor:
+        """Global indices of this rank's tiles (clips), in the order ``unpack_tiles`` produces them."""
+        f2 = self.factor ** 2
+        return (self.global_index.cpu()[:, None] * f2 + torch.arange(f2)).flatten()
+
     def _augment(self, x: Tensor, step: int) -> Tensor:
         h = self.hparams
         gen = torch.Generator().manual_seed(h.seed * 1_000_003 + step)
-        theta = crop_flip_thetas(self.n_global, gen, tuple(h.augment_scale), h.augment_flip)  # for the whole set
-        return apply_crop_flip(x, theta[self.global_index.cpu()])
+        theta = crop_flip_thetas(self.n_clips, gen, tuple(h.augment_scale), h.augment_flip)  # for the whole set
+        return apply_crop_flip(x, theta[self._tile_rows()])
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         h = self.hparams
-        x = self._augment(self.videos, self.global_step) if h.augment else self.videos
+        x = unpack_tiles(self.videos, self.factor)  # (n * factor^2, C, T, H, W): every tile at full size
+        x = self._augment(x, self.global_step) if h.augment else x
         logits = self.teacher(x)
-        ce_sum = F.cross_entropy(logits, self.labels, reduction="sum")
+        labels = self.labels.repeat_interleave(self.factor ** 2)
+        ce_sum = F.cross_entropy(logits, labels, reduction="sum")
         reg = self.bn.loss(h.first_bn_multiplier)
         # CE is a mean over the whole set; the regulariser is computed identically on every rank and
         # its gradient summed by the all-reduce's backward, hence / world.
-        loss = h.ce_weight * ce_sum / self.n_global + h.bn_weight * reg / self._world
+        loss = h.ce_weight * ce_sum / self.n_clips + h.bn_weight * reg / self._world
         finite = bool(torch.isfinite(loss).item())
         if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             raise FloatingPointError(
@@ -233,8 +264,8 @@ class SynthesisModule(L.LightningModule):
                 f"bn={reg.item():.4g}); stopped before the update. The last checkpoint and any earlier "
                 "export are untouched; lower `lr` or `bn_weight`")
         with torch.no_grad():
-            ce_mean = self._sum_over_ranks(ce_sum.detach()) / self.n_global
-            acc = self._sum_over_ranks((logits.argmax(1) == self.labels).sum().float()) / self.n_global
+            ce_mean = self._sum_over_ranks(ce_sum.detach()) / self.n_clips
+            acc = self._sum_over_ranks((logits.argmax(1) == labels).sum().float()) / self.n_clips
         self.log("train/loss_ce", ce_mean)
         self.log("train/loss_bn", reg.detach())
         self.log("train/loss", h.ce_weight * ce_mean + h.bn_weight * reg.detach(), prog_bar=True)
@@ -245,18 +276,22 @@ class SynthesisModule(L.LightningModule):
         return self.trainer.strategy.reduce(t, reduce_op="sum") if self._world > 1 else t
 
     def _saliency(self) -> Tensor:
+        """Per-clip, per-frame saliency ``(n * factor^2, T)`` of the current videos (Eq. 6-7, pixel space)."""
         h = self.hparams
-        return temporal_saliency(denormalize(self.videos.detach(), self.mean, self.std), h.window_length, h.window)
+        pixels = denormalize(unpack_tiles(self.videos.detach(), self.factor), self.mean, self.std)
+        return temporal_saliency(pixels, h.window_length, h.window)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         h = self.hparams
         if h.mask == "none":
             return
         with torch.no_grad():
-            mask = tsgf_mask(self._saliency(), h.eps, h.eps_mode, h.mask, h.signed_mask)  # (n, T)
+            saliency = self._init_saliency if h.mask_source == "init" else self._saliency()
+            mask = tsgf_mask(saliency, h.eps, h.eps_mode, h.mask, h.signed_mask)  # (n * factor^2, T)
         self.log("train/frames_frozen", (mask == 0).float().mean())
         self.log("train/mask_mean", mask.mean())
-        m = mask[:, None, :, None, None].to(self.videos)
+        H, W = self.videos.shape[-2:]
+        m = tile_map(mask, self.factor, H, W).to(self.videos)  # (n, 1, T, H, W): each tile its own mask
         if h.mask_target == "gradient":
             self.videos.grad.mul_(m)
         else:
@@ -303,7 +338,7 @@ class SynthesisModule(L.LightningModule):
     def _record(self) -> dict:
         h = self.hparams
         return {"stage": "synthesis", "num_classes": self.num_classes, "class_names": self.class_names,
-                "ipc": self.ipc, "mean": list(self.mean), "std": list(self.std),
+                "ipc": self.ipc, "factor": self.factor, "mean": list(self.mean), "std": list(self.std),
                 "method": "tsgf" if h.mask != "none" else "sre2l",
                 "teacher_sha256": self.teacher_record["sha256"], "teacher_arch": self.teacher_record["arch"],
                 "init_paths": self.init_paths, "config": _plain(dict(h))}
@@ -346,7 +381,7 @@ class SynthesisModule(L.LightningModule):
         record = self._record()
         export_distilled(out, videos.cpu(), labels.cpu(), self.class_names, self.ipc, list(self.mean),
                          list(self.std), method=record["method"], teacher_sha256=record["teacher_sha256"],
-                         config=record["config"],
+                         config=record["config"], factor=self.factor,
                          extra={"init_paths": self.init_paths, "teacher_arch": record["teacher_arch"],
                                 "steps": int(self.global_step)})
 
@@ -360,7 +395,8 @@ class SynthesisModule(L.LightningModule):
             first[0] = True
             pick = torch.nonzero(first).flatten()[:8]
             pixels = denormalize(self.videos.detach()[pick], self.mean, self.std).float().cpu()
-            s = self._saliency()[pick].cpu()
+            f2 = self.factor ** 2
+            s = self._saliency().reshape(len(self.videos), f2, -1)[pick].reshape(len(pick) * f2, -1).cpu()
             key = key_frames(s, h.eps, h.eps_mode)
         experiment.add_image("synthesis/frames", frame_grid(pixels), self.global_step)
         experiment.add_image("synthesis/saliency", saliency_map(s, key), self.global_step)

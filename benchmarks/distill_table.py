@@ -1,0 +1,264 @@
+"""Real-video benchmark: TSGF against coreset and distillation baselines, with ablations and plots.
+
+    python benchmarks/distill_table.py --data-root ../shared/datasets/ucf101-mini9 --layout ucf101 \\
+        --frames 8 --size 64 --ipc 1 5 --seeds 3 --output-dir outputs/ucf101_mini9_table
+
+writes ``OUT/configs/`` (the four pipeline configs it derived for this dataset), runs the pipeline
+(teacher, syntheses, students: resumable, finished stages are skipped) and writes
+``OUT/results.json`` (the pipeline's schema), ``OUT/results.md``, ``OUT/accuracy_vs_ipc.png`` (main
+methods) and ``OUT/ablations.png`` (ablation rows beside ``tsgf`` at the smallest IPC).
+
+Rows (see ``methods()``):
+
+- main, at every ``--ipc``: ``full`` (the teacher), ``random`` (hard labels, no mixing),
+  ``random+student`` (the student protocol used for TSGF), ``random+student-f2`` (random clips
+  packed 2x2 like the TSGF set, when ``--factor 2``), ``herding`` and ``kcenter`` (coresets on the
+  teacher's penultimate features, same student), ``sre2l`` (synthesis without TSGF_O, student
+  without TSGF_A: plain VideoMix), ``tsgf``;
+- ablations, at the smallest IPC with ``--ablation-seeds`` seeds: ``tsgf-O_off`` (no saliency mask
+  in synthesis), ``tsgf-A_off`` (plain VideoMix in the student), ``tsgf-signed`` (mask on magnitude
+  and sign), ``tsgf-noise`` (noise initialisation), ``tsgf-ConvNet3D`` / ``-CNNLSTM`` / ``-CNNGRU``
+  (cross-architecture students on the TSGF set), and ``--ablation-ipc`` extra IPCs for
+  ``random+student`` and ``tsgf``. ``--extra-frames 4 16`` runs ``random+student`` and ``tsgf`` again
+  at those frame counts (own teacher each) and adds them as rows ``tsgf [4f]``.
+
+Hyper-parameters are chosen on a validation split carved from the training set
+(``--val-fraction``), never the test split: ``--search`` runs, before the table, a grid of synthesis
+``lr`` x ``bn_weight`` at the smallest IPC, one student each, scored by ``val/acc_top1``, and takes
+the best (``OUT/search.json`` / ``search.md``). Without ``--search`` the given values are used and
+recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tsgf_lightning.pipeline import PipelineError, run_pipeline  # noqa: E402
+from tsgf_lightning.results import plot_accuracy_vs_ipc, read_results, write_results  # noqa: E402
+
+TEMPLATES = REPO / "configs" / "ucf101_mini9"
+LAYOUTS = {
+    "ucf101": "tsgf_lightning.data.sources.UCF101",
+    "hmdb51": "tsgf_lightning.data.sources.HMDB51",
+    "kinetics": "tsgf_lightning.data.sources.Kinetics",
+    "ssv2": "tsgf_lightning.data.sources.SomethingSomethingV2",
+    "folder": "tsgf_lightning.data.sources.VideoFolder",
+}
+ARCHS = {"ConvNet3D": "tsgf_lightning.models.ConvNet3D", "CNNLSTM": "tsgf_lightning.models.CNNLSTM",
+         "CNNGRU": "tsgf_lightning.models.CNNGRU"}
+ABLATIONS = ("mask", "mix", "signed", "init", "arch")
+SYN = "model.init_args."
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((TEMPLATES / name).read_text())
+
+
+def stage_configs(args, frames: int) -> dict[str, dict]:
+    """teacher / synthesis / student configs for this dataset, from the ucf101_mini9 CPU templates."""
+    data = {"source": {"class_path": LAYOUTS[args.layout], "init_args": {"root": str(Path(args.data_root).resolve())}},
+            "frames": frames, "size": args.size, "resize": [args.size, round(args.size * 4 / 3)],
+            "val_fraction": args.val_fraction}
+    if args.cache_dir:
+        data["cache_dir"] = str(Path(args.cache_dir).resolve())
+    teacher, synthesis, student = _load("teacher.yaml"), _load("synthesis_ipc1.yaml"), _load("student.yaml")
+    for cfg in (teacher, synthesis, student):
+        cfg["data"].update(data)
+        cfg["trainer"]["enable_progress_bar"] = False  # the pipeline shows its own progress
+    teacher["trainer"]["max_epochs"] = args.teacher_epochs
+    synthesis["model"]["init_args"].update(factor=args.factor, lr=args.synthesis_lr, bn_weight=args.bn_weight,
+                                           mask_source="init", init_select="random")
+    synthesis["trainer"]["max_steps"] = args.synthesis_steps
+    student["trainer"]["max_steps"] = args.student_steps
+    student["data"]["distilled_path"] = None  # the pipeline names each set
+    return {"teacher.yaml": teacher, "synthesis.yaml": synthesis, "student.yaml": student}
+
+
+def methods(args) -> dict[str, dict]:
+    """``extra_methods`` of pipeline.yaml: the baselines and ablation rows (the built-ins need none)."""
+    coreset = {f"{SYN}factor": 1, "trainer.max_steps": 0}  # real clips exported unchanged: no optimisation
+    extra: dict[str, dict] = {}
+    if args.factor > 1:
+        extra[f"random+student-f{args.factor}"] = {"select": "random", "student": {"data.subset_factor": args.factor}}
+    extra["herding"] = {"synthesis": {**coreset, f"{SYN}init_select": "herding"}}
+    extra["kcenter"] = {"synthesis": {**coreset, f"{SYN}init_select": "kcenter"}}
+    extra["sre2l"] = {"synthesis": {f"{SYN}mask": "none"}, "student": {f"{SYN}mix": "videomix"}}
+    low = [min(args.ipc)]
+    ab = {"ipc": low, "seeds": args.ablation_seeds}
+    if "mask" in args.ablations:
+        extra["tsgf-O_off"] = {**ab, "synthesis": {f"{SYN}mask": "none"}}
+    if "mix" in args.ablations:
+        extra["tsgf-A_off"] = {**ab, "student": {f"{SYN}mix": "videomix"}}
+    if "signed" in args.ablations:
+        extra["tsgf-signed"] = {**ab, "synthesis": {f"{SYN}signed_mask": True}}
+    if "init" in args.ablations:
+        extra["tsgf-noise"] = {**ab, "synthesis": {f"{SYN}init": "noise"}}
+    if "arch" in args.ablations:
+        for arch, path in ARCHS.items():
+            # the TSGF set of the `tsgf` row (no synthesis overrides: the shared run), another student
+            extra[f"tsgf-{arch}"] = {**ab, "student": {f"{SYN}backbone": {"class_path": path}}}
+    if args.ablation_ipc:
+        more = sorted(set(args.ablation_ipc) - set(args.ipc))
+        if more:
+            extra["random+student-more"] = {"select": "random", "ipc": more, "seeds": args.ablation_seeds}
+            extra["tsgf-more"] = {"ipc": more, "seeds": args.ablation_seeds}
+    return extra
+
+
+def write_config_dir(config_dir: Path, args, frames: int, pipeline: dict) -> None:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name, cfg in {**stage_configs(args, frames), "pipeline.yaml": pipeline}.items():
+        text = yaml.safe_dump(cfg, sort_keys=False)
+        (config_dir / name).write_text(f"# written by benchmarks/distill_table.py\n{text}")
+
+
+# ---------------------------------------------------------------------- validation search
+def _stage(args, config: Path, overrides: list[str], result: Path, log: Path, *flags: str) -> dict:
+    if not result.exists():
+        cmd = [sys.executable, "-m", "tsgf_lightning.stage", "--config", str(config), *overrides, *flags,
+               "--result", str(result)]
+        with open(log, "w") as f:
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        if rc != 0:
+            raise PipelineError(f"search stage failed (exit code {rc}); its log is {log}")
+    return json.loads(result.read_text())
+
+
+def search(args, out: Path) -> tuple[float, float]:
+    """Grid over synthesis ``lr`` x ``bn_weight`` at the smallest IPC; best ``val/acc_top1`` of one student each."""
+    work, k = out / "search", min(args.ipc)
+    cfg_dir = work / "configs"
+    write_config_dir(cfg_dir, args, args.frames, {"ipc": [k], "seeds": 1, "methods": ["tsgf"]})
+    teacher = out / "teacher" / "checkpoints" / "last.ckpt"  # the table's own teacher: trained first
+    run_pipeline(out / "configs", out, bar=False)  # configs/pipeline.yaml holds `full` only at this point
+    trials = []
+    for lr, bn in itertools.product(args.search_lr, args.search_bn):
+        name = f"lr{lr}_bn{bn}"
+        syn = work / name
+        _stage(args, cfg_dir / "synthesis.yaml",
+               [f"--model.init_args.teacher_ckpt={teacher}", f"--model.init_args.ipc={k}", f"--model.init_args.lr={lr}",
+                f"--model.init_args.bn_weight={bn}", f"--model.init_args.export_dir={syn}",
+                f"--trainer.logger.init_args.save_dir={work}", f"--trainer.logger.init_args.name={name}",
+                "--trainer.logger.init_args.version="], syn / "result.json", work / f"{name}.synthesis.log")
+        res = _stage(args, cfg_dir / "student.yaml",
+                     [f"--model.init_args.teacher_ckpt={teacher}", "--data.train_set=distilled",
+                      f"--data.distilled_path={syn / 'distilled.pt'}", f"--trainer.logger.init_args.save_dir={syn}",
+                      "--trainer.logger.init_args.name=student", "--trainer.logger.init_args.version="],
+                     syn / "student.json", work / f"{name}.student.log", "--validate")
+        trials.append({"lr": lr, "bn_weight": bn, "val_top1": res["val"]["val/acc_top1"]})
+        print(f"search {name}: val top1 {trials[-1]['val_top1']:.3f}", flush=True)
+    best = max(trials, key=lambda t: t["val_top1"])
+    record = {"ipc": k, "val_fraction": args.val_fraction, "trials": trials, "chosen": best}
+    (out / "search.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = ["| lr | bn_weight | val top-1 |", "|---|---|---|"]
+    lines += [f"| {t['lr']} | {t['bn_weight']} | {100 * t['val_top1']:.1f} |" for t in trials]
+    (out / "search.md").write_text(f"Validation search at IPC {k} (val_fraction {args.val_fraction}); chosen: "
+                                   f"lr {best['lr']}, bn_weight {best['bn_weight']}\n\n" + "\n".join(lines) + "\n")
+    return best["lr"], best["bn_weight"]
+
+
+# ---------------------------------------------------------------------- plots
+def plot_ablations(rows: list[dict], path: Path, ipc: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keep = [r for r in rows if r["ipc"] == ipc and (r["method"].startswith("tsgf") or r["method"] in
+                                                    ("sre2l", "random+student") or "[" in r["method"])]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(keep) + 2), 4))
+    names = [r["method"] for r in keep]
+    ax.bar(range(len(keep)), [100 * r["top1_mean"] for r in keep], yerr=[100 * r["top1_std"] for r in keep],
+           color=["tab:red" if r["method"] == "tsgf" else "tab:gray" for r in keep], capsize=3)
+    ax.set_xticks(range(len(keep)), names, rotation=35, ha="right")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"Ablations at IPC {ipc} (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="ucf101")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--ipc", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--jobs", type=int, default=2, help="stages at once (one thread each on a 2-core machine)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="train videos carved out for validation")
+    p.add_argument("--cache-dir", default=None, help="decoded-clip cache (default: the DataModule's)")
+    p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument("--synthesis-steps", type=int, default=300)
+    p.add_argument("--student-steps", type=int, default=300)
+    p.add_argument("--factor", type=int, default=2, help="multi-formation factor of the synthetic sets")
+    p.add_argument("--synthesis-lr", type=float, default=0.01)
+    p.add_argument("--bn-weight", type=float, default=0.001)
+    p.add_argument("--search", action="store_true", help="choose lr and bn_weight on the validation split first")
+    p.add_argument("--search-lr", type=float, nargs="+", default=[0.01, 0.05])
+    p.add_argument("--search-bn", type=float, nargs="+", default=[0.001, 0.01])
+    p.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=ABLATIONS)
+    p.add_argument("--ablation-seeds", type=int, default=None, help="seeds of ablation rows (default: --seeds)")
+    p.add_argument("--ablation-ipc", type=int, nargs="*", default=[], help="extra IPCs for random+student and tsgf")
+    p.add_argument("--extra-frames", type=int, nargs="*", default=[], help="frame counts for tsgf/random+student rows")
+    p.add_argument("--dry-run", action="store_true", help="write the configs and print the stages; run nothing")
+    args = p.parse_args(argv)
+    args.ablation_seeds = args.ablation_seeds or args.seeds
+    out = Path(args.output_dir).resolve()
+    if not Path(args.data_root).is_dir():
+        p.error(f"--data-root {args.data_root} is not a directory")
+    start = time.time()
+    write_config_dir(out / "configs", args, args.frames, {"ipc": args.ipc, "seeds": 1, "methods": ["full"]})
+    if args.search and not args.dry_run:
+        args.synthesis_lr, args.bn_weight = search(args, out)
+    pipeline = {"ipc": args.ipc, "seeds": args.seeds, "jobs": args.jobs,
+                "methods": ["full", "random", "random+student", "tsgf"], "extra_methods": methods(args)}
+    write_config_dir(out / "configs", args, args.frames, pipeline)
+    try:
+        rows = run_pipeline(out / "configs", out, dry_run=args.dry_run, bar=False)
+        for frames in args.extra_frames:
+            sub = out / f"frames{frames}"
+            write_config_dir(sub / "configs", args, frames, {"ipc": [min(args.ipc)], "seeds": args.ablation_seeds,
+                                                             "jobs": args.jobs, "methods": ["random+student", "tsgf"]})
+            sub_rows = run_pipeline(sub / "configs", sub, dry_run=args.dry_run, bar=False)
+            rows += [{**r, "method": f"{r['method']} [{frames}f]"} for r in sub_rows]
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if args.dry_run:
+        return []
+    rows = [{**r, "method": r["method"].replace("-more", "")} for r in rows]
+    stages = [r for d in [out, *(out / f"frames{f}" for f in args.extra_frames)] if (d / "stages.json").is_file()
+              for r in json.loads((d / "stages.json").read_text())]
+    write_results(out, rows, stages or None)
+    main = ("full", "random", "random+student", f"random+student-f{args.factor}", "herding", "kcenter", "sre2l", "tsgf")
+    main_rows = [r for r in rows if r["method"] in main]
+    plot_accuracy_vs_ipc(main_rows, out / "accuracy_vs_ipc.png")
+    plot_ablations(rows, out / "ablations.png", min(args.ipc))
+    wall = time.time() - start
+    given = argv if argv is not None else sys.argv[1:]
+    run = {"command": " ".join(["python", "benchmarks/distill_table.py", *given]),
+           "wall_s": round(wall, 1), "threads_per_job": int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
+           "synthesis_lr": args.synthesis_lr, "bn_weight": args.bn_weight, "searched": args.search}
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    print(f"results: {out / 'results.md'} ({wall / 60:.1f} min)")
+    return read_results(out / "results.json")
+
+
+if __name__ == "__main__":
+    main()

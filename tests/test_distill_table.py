@@ -1,0 +1,122 @@
+"""benchmarks/distill_table.py: the configs and plan it derives for a dataset root, and one real run.
+
+The end-to-end test decodes real (lossless) videos in the official UCF101 layout that the test
+writes, runs every stage as a real process at a toy size, and checks the table it writes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tsgf_lightning.pipeline import load_pipeline_config, plan
+from tsgf_lightning.results import ROW_KEYS
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = ["full", "random", "random+student", "random+student-f2", "herding", "kcenter", "sre2l", "tsgf"]
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("distill_table", REPO / "benchmarks" / "distill_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_ucf_videos(root: Path, write_video, classes=("Left", "Right", "Still"), train: int = 4, test: int = 2,
+                    frames: int = 10) -> Path:
+    """Official layout with real decodable videos: a bright square moving left, right or not at all."""
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True)
+    (lists / "classInd.txt").write_text("".join(f"{i} {c}\r\n" for i, c in enumerate(classes, 1)))
+    trainlist, testlist = [], []
+    for cid, cls in enumerate(classes, 1):
+        (root / "UCF-101" / cls).mkdir(parents=True)
+        for g in range(1, train + test + 1):
+            video = torch.zeros(frames, 24, 32, 3, dtype=torch.uint8)
+            for t in range(frames):
+                x = 4 + g + (t if cls == "Left" else -t if cls == "Right" else 0) % 20
+                video[t, 8:16, max(0, x): x + 8] = 200
+            rel = f"{cls}/v_{cls}_g{g:02d}_c01.avi"
+            write_video(root / "UCF-101" / rel, video)
+            (testlist.append(rel) if g <= test else trainlist.append(f"{rel} {cid}"))
+    (lists / "trainlist01.txt").write_text("\r\n".join(trainlist))
+    (lists / "testlist01.txt").write_text("\r\n".join(testlist))
+    return root
+
+
+def test_configs_and_plan_for_a_dataset_root(tmp_path, table, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    out = tmp_path / "out"
+    table.main(["--data-root", str(root), "--layout", "hmdb51", "--frames", "4", "--size", "32", "--ipc", "1", "5",
+                "--seeds", "2", "--ablation-seeds", "1", "--ablation-ipc", "10", "--output-dir", str(out), "--dry-run"])
+    cfg = out / "configs"
+    for name in ("teacher", "synthesis", "student"):
+        data = yaml.safe_load((cfg / f"{name}.yaml").read_text())["data"]
+        assert data["source"] == {"class_path": "tsgf_lightning.data.sources.HMDB51",
+                                  "init_args": {"root": str(root.resolve())}}
+        assert (data["frames"], data["size"], data["val_fraction"]) == (4, 32, 0.2)
+    syn = yaml.safe_load((cfg / "synthesis.yaml").read_text())["model"]["init_args"]
+    assert (syn["factor"], syn["lr"], syn["bn_weight"], syn["mask_source"]) == (2, 0.01, 0.001, "init")
+
+    stages = plan(cfg, out, load_pipeline_config(cfg / "pipeline.yaml"))
+    students = {(st.method, st.ipc): [] for st in stages if st.kind == "student"}
+    for st in stages:
+        if st.kind == "student":
+            students[(st.method, st.ipc)].append(st.seed)
+    for method in MAIN[1:]:
+        assert students[(method, 1)] == [0, 1] and students[(method, 5)] == [0, 1], method
+    for method in ("tsgf-O_off", "tsgf-A_off", "tsgf-signed", "tsgf-noise", "tsgf-ConvNet3D", "tsgf-CNNLSTM",
+                   "tsgf-CNNGRU"):
+        assert [k for (m, k) in students if m == method] == [1] and students[(method, 1)] == [0], method
+    assert students[("tsgf-more", 10)] == [0] and students[("random+student-more", 10)] == [0]
+    assert ("tsgf", 10) not in students
+    by_name = {st.name: st for st in stages}
+    # coresets are real clips exported by a zero-step synthesis; sre2l has neither TSGF part
+    herding = by_name["synthesis_herding_ipc5"].command()
+    assert "--model.init_args.init_select=herding" in herding and "--trainer.max_steps=0" in herding
+    assert "--model.init_args.factor=1" in herding
+    assert "--model.init_args.mask=none" in by_name["synthesis_sre2l_ipc1"].command()
+    assert "--model.init_args.mix=videomix" in by_name["student_sre2l_ipc1_seed0"].command()
+    gru = by_name["student_tsgf-CNNGRU_ipc1_seed0"].command()
+    assert '--model.init_args.backbone={"class_path": "tsgf_lightning.models.CNNGRU"}' in gru
+    assert "student herding ipc5 seed1" in capsys.readouterr().out
+
+
+def test_a_missing_data_root_is_named(tmp_path, table, capsys):
+    with pytest.raises(SystemExit):
+        table.main(["--data-root", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "out")])
+    assert "nope is not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_whole_table_on_unseen_ucf_layout(tmp_path, table, write_video, monkeypatch):
+    root = make_ucf_videos(tmp_path / "ucf", write_video, train=7)  # 4 clips per class at factor 2
+    out = tmp_path / "out"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    rows = table.main(["--data-root", str(root), "--frames", "4", "--size", "48", "--ipc", "1", "--seeds", "1",
+                       "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.25",
+                       "--teacher-epochs", "1", "--synthesis-steps", "2", "--student-steps", "2",
+                       "--ablations", "mask", "--search", "--search-lr", "0.01", "0.05", "--search-bn", "0.001"])
+    methods = [r["method"] for r in rows]
+    assert set(methods) == {*MAIN, "tsgf-O_off"} and len(methods) == len(set(methods))
+    for row in rows:
+        assert list(row) == list(ROW_KEYS) and 0.0 <= row["top1_mean"] <= 1.0
+        assert row["ipc"] == (None if row["method"] == "full" else 1)
+    search = json.loads((out / "search.json").read_text())
+    assert [t["lr"] for t in search["trials"]] == [0.01, 0.05] and search["chosen"] in search["trials"]
+    chosen = yaml.safe_load((out / "configs" / "synthesis.yaml").read_text())["model"]["init_args"]["lr"]
+    assert chosen == search["chosen"]["lr"]
+    for name in ("results.md", "accuracy_vs_ipc.png", "ablations.png", "run.json"):
+        assert (out / name).stat().st_size > 0, name
+    # the herding set holds real training clips: the teacher's pick, exported unchanged
+    herding = torch.load(out / "synthesis" / "herding_ipc1" / "distilled.pt")
+    assert herding["videos"].shape[0] == 3 and herding["factor"] == 1
