@@ -16,9 +16,10 @@ Rows (see ``methods()``):
   teacher's penultimate features, same student), ``sre2l`` (synthesis without TSGF_O, student
   without TSGF_A: plain VideoMix), ``tsgf``;
 - ablations, at the smallest IPC with ``--ablation-seeds`` seeds: ``tsgf-O_off`` (no saliency mask
-  in synthesis), ``tsgf-A_off`` (plain VideoMix in the student), ``tsgf-signed`` (mask on magnitude
-  and sign), ``tsgf-noise`` (noise initialisation), ``tsgf-ConvNet3D`` / ``-CNNLSTM`` / ``-CNNGRU``
-  (cross-architecture students on the TSGF set), and ``--ablation-ipc`` extra IPCs for
+  in synthesis), ``tsgf-A_off`` (plain VideoMix in the student), ``tsgf-eq8`` / ``tsgf-eq8-signed``
+  (the graded Eq. 8 mask on magnitude only / on magnitude and sign), ``tsgf-noise`` (noise
+  initialisation), ``tsgf-ConvNet3D`` / ``-CNNLSTM`` / ``-CNNGRU`` (cross-architecture students on
+  the TSGF set), and ``--ablation-ipc`` extra IPCs for
   ``random+student`` and ``tsgf``. ``--extra-frames 4 16`` runs ``random+student`` and ``tsgf`` again
   at those frame counts (own teacher each) and adds them as rows ``tsgf [4f]``.
 
@@ -38,6 +39,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -45,8 +47,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tsgf_lightning.pipeline import PipelineError, run_pipeline  # noqa: E402
-from tsgf_lightning.results import plot_accuracy_vs_ipc, read_results, write_results  # noqa: E402
+from tsgf_lightning.pipeline import PipelineError, collect_runs, load_pipeline_config, plan, run_pipeline  # noqa: E402
+from tsgf_lightning.results import aggregate, plot_accuracy_vs_ipc, read_results, write_results  # noqa: E402
 
 TEMPLATES = REPO / "configs" / "ucf101_mini9"
 LAYOUTS = {
@@ -101,8 +103,9 @@ def methods(args) -> dict[str, dict]:
         extra["tsgf-O_off"] = {**ab, "synthesis": {f"{SYN}mask": "none"}}
     if "mix" in args.ablations:
         extra["tsgf-A_off"] = {**ab, "student": {f"{SYN}mix": "videomix"}}
-    if "signed" in args.ablations:
-        extra["tsgf-signed"] = {**ab, "synthesis": {f"{SYN}signed_mask": True}}
+    if "signed" in args.ablations:  # the graded Eq. 8 mask on magnitude only vs magnitude and sign
+        extra["tsgf-eq8"] = {**ab, "synthesis": {f"{SYN}mask": "eq8"}}
+        extra["tsgf-eq8-signed"] = {**ab, "synthesis": {f"{SYN}mask": "eq8", f"{SYN}signed_mask": True}}
     if "init" in args.ablations:
         extra["tsgf-noise"] = {**ab, "synthesis": {f"{SYN}init": "noise"}}
     if "arch" in args.ablations:
@@ -169,6 +172,19 @@ def search(args, out: Path) -> tuple[float, float]:
     return best["lr"], best["bn_weight"]
 
 
+def finished_rows(config_dir: Path, out: Path) -> list[dict]:
+    """The table from the stages finished so far (``--report-only``): rows with fewer seeds, or none."""
+    cfg = load_pipeline_config(config_dir / "pipeline.yaml")
+    stages = plan(config_dir, out, cfg)
+    done = [st for st in stages if st.done()]
+    if not any(st.kind == "teacher" for st in done):
+        raise PipelineError(f"no finished teacher under {out}: nothing to report yet")
+    missing = [st.title for st in stages if not st.done()]
+    if missing:
+        print(f"{len(missing)} of {len(stages)} stages not finished, left out: {', '.join(missing)}", flush=True)
+    return aggregate(collect_runs(config_dir, cfg, done))
+
+
 # ---------------------------------------------------------------------- plots
 def plot_ablations(rows: list[dict], path: Path, ipc: int) -> Path:
     import matplotlib
@@ -217,26 +233,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--ablation-ipc", type=int, nargs="*", default=[], help="extra IPCs for random+student and tsgf")
     p.add_argument("--extra-frames", type=int, nargs="*", default=[], help="frame counts for tsgf/random+student rows")
     p.add_argument("--dry-run", action="store_true", help="write the configs and print the stages; run nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the table from the stages finished so far (rows list their seeds)")
     args = p.parse_args(argv)
     args.ablation_seeds = args.ablation_seeds or args.seeds
     out = Path(args.output_dir).resolve()
     if not Path(args.data_root).is_dir():
         p.error(f"--data-root {args.data_root} is not a directory")
     start = time.time()
-    write_config_dir(out / "configs", args, args.frames, {"ipc": args.ipc, "seeds": 1, "methods": ["full"]})
-    if args.search and not args.dry_run:
+    if args.search and not args.dry_run and not args.report_only:
+        write_config_dir(out / "configs", args, args.frames, {"ipc": args.ipc, "seeds": 1, "methods": ["full"]})
         args.synthesis_lr, args.bn_weight = search(args, out)
+    elif (out / "search.json").is_file():  # a resumed or report-only run keeps the values chosen before
+        chosen = json.loads((out / "search.json").read_text())["chosen"]
+        args.synthesis_lr, args.bn_weight = chosen["lr"], chosen["bn_weight"]
     pipeline = {"ipc": args.ipc, "seeds": args.seeds, "jobs": args.jobs,
                 "methods": ["full", "random", "random+student", "tsgf"], "extra_methods": methods(args)}
-    write_config_dir(out / "configs", args, args.frames, pipeline)
+    if not (args.report_only and (out / "configs" / "pipeline.yaml").is_file()):  # report what ran, as it ran
+        write_config_dir(out / "configs", args, args.frames, pipeline)
+    run = finished_rows if args.report_only else partial(run_pipeline, dry_run=args.dry_run, bar=False)
     try:
-        rows = run_pipeline(out / "configs", out, dry_run=args.dry_run, bar=False)
+        rows = run(out / "configs", out)
         for frames in args.extra_frames:
             sub = out / f"frames{frames}"
-            write_config_dir(sub / "configs", args, frames, {"ipc": [min(args.ipc)], "seeds": args.ablation_seeds,
-                                                             "jobs": args.jobs, "methods": ["random+student", "tsgf"]})
-            sub_rows = run_pipeline(sub / "configs", sub, dry_run=args.dry_run, bar=False)
-            rows += [{**r, "method": f"{r['method']} [{frames}f]"} for r in sub_rows]
+            if not (args.report_only and (sub / "configs" / "pipeline.yaml").is_file()):
+                sub_pipeline = {"ipc": [min(args.ipc)], "seeds": args.ablation_seeds, "jobs": args.jobs,
+                                "methods": ["random+student", "tsgf"]}
+                write_config_dir(sub / "configs", args, frames, sub_pipeline)
+            rows += [{**r, "method": f"{r['method']} [{frames}f]"} for r in run(sub / "configs", sub)]
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -252,10 +276,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plot_ablations(rows, out / "ablations.png", min(args.ipc))
     wall = time.time() - start
     given = argv if argv is not None else sys.argv[1:]
-    run = {"command": " ".join(["python", "benchmarks/distill_table.py", *given]),
-           "wall_s": round(wall, 1), "threads_per_job": int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
-           "synthesis_lr": args.synthesis_lr, "bn_weight": args.bn_weight, "searched": args.search}
-    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    record = {"command": " ".join(["python", "benchmarks/distill_table.py", *given]),
+              "wall_s": round(wall, 1), "threads_per_job": int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
+              "synthesis_lr": args.synthesis_lr, "bn_weight": args.bn_weight, "searched": args.search,
+              "report_only": args.report_only}
+    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"results: {out / 'results.md'} ({wall / 60:.1f} min)")
     return read_results(out / "results.json")
 

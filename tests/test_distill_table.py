@@ -73,8 +73,8 @@ def test_configs_and_plan_for_a_dataset_root(tmp_path, table, capsys):
             students[(st.method, st.ipc)].append(st.seed)
     for method in MAIN[1:]:
         assert students[(method, 1)] == [0, 1] and students[(method, 5)] == [0, 1], method
-    for method in ("tsgf-O_off", "tsgf-A_off", "tsgf-signed", "tsgf-noise", "tsgf-ConvNet3D", "tsgf-CNNLSTM",
-                   "tsgf-CNNGRU"):
+    for method in ("tsgf-O_off", "tsgf-A_off", "tsgf-eq8", "tsgf-eq8-signed", "tsgf-noise", "tsgf-ConvNet3D",
+                   "tsgf-CNNLSTM", "tsgf-CNNGRU"):
         assert [k for (m, k) in students if m == method] == [1] and students[(method, 1)] == [0], method
     assert students[("tsgf-more", 10)] == [0] and students[("random+student-more", 10)] == [0]
     assert ("tsgf", 10) not in students
@@ -120,3 +120,12 @@ def test_whole_table_on_unseen_ucf_layout(tmp_path, table, write_video, monkeypa
     # the herding set holds real training clips: the teacher's pick, exported unchanged
     herding = torch.load(out / "synthesis" / "herding_ipc1" / "distilled.pt")
     assert herding["videos"].shape[0] == 3 and herding["factor"] == 1
+    # --report-only runs nothing: a row whose only student is gone drops out, the rest stay as they were
+    (out / "students" / "kcenter" / "ipc1" / "seed0" / "result.json").unlink()
+    partial = table.main(["--data-root", str(root), "--frames", "4", "--size", "48", "--ipc", "1", "--seeds", "1",
+                          "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.25",
+                          "--ablations", "mask", "--report-only"])
+    assert [r for r in rows if r["method"] != "kcenter"] == partial
+    assert not (out / "students" / "kcenter" / "ipc1" / "seed0" / "result.json").exists()
+    assert json.loads((out / "run.json").read_text())["report_only"] is True
+    assert yaml.safe_load((out / "configs" / "student.yaml").read_text())["trainer"]["max_steps"] == 2  # as it ran

@@ -542,8 +542,11 @@ def _run_sequential(todo: list[Stage], numbered: dict, out: Path, bar, lock_fd: 
 
 def _run_parallel(todo: list[Stage], numbered: dict, out: Path, jobs: int, lock_fd: int, records: list,
                   save) -> None:
-    """Up to ``jobs`` stages at once, each started when the stages it ``needs`` are done (teacher and
-    synthesis before students when several are ready: students wait for them, not the other way)."""
+    """Up to ``jobs`` stages at once, each started when the stages it ``needs`` are done.
+
+    Of the stages ready to start, smaller IPCs go first (their rows are complete early), and within
+    an IPC synthesis goes before students (students wait for synthesis, not the other way round).
+    """
     done = {r["stage"] for r in records}
     queue, running = list(todo), {}  # name -> (stage, proc, log, start)
     print(f"running up to {jobs} stages at once, {_threads_per_job(jobs)} thread(s) each; logs in {out / 'logs'}",
@@ -551,7 +554,7 @@ def _run_parallel(todo: list[Stage], numbered: dict, out: Path, jobs: int, lock_
     try:
         while queue or running:
             ready = [st for st in queue if all(n in done for n in st.needs)]
-            ready.sort(key=lambda st: st.kind == "student")  # stable: stages others wait for go first
+            ready.sort(key=lambda st: (st.ipc or 0, st.kind == "student"))  # stable; see the docstring
             for st in ready[: jobs - len(running)]:
                 proc, log = _launch(st, out / "logs" / f"{st.name}.log", lock_fd, jobs)
                 running[st.name] = (st, proc, log, time.time())
