@@ -105,13 +105,17 @@ def test_whole_table_on_unseen_ucf_layout(tmp_path, table, write_video, monkeypa
     rows = table.main(["--data-root", str(root), "--frames", "4", "--size", "48", "--ipc", "1", "--seeds", "1",
                        "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.25",
                        "--teacher-epochs", "1", "--synthesis-steps", "2", "--student-steps", "2",
-                       "--ablations", "mask", "--search", "--search-lr", "0.01", "0.05", "--search-bn", "0.001"])
+                       "--ablations", "mask", "--search", "--search-lr", "0.01", "0.05", "--search-bn", "0.001",
+                       "--extra-frames", "6"])
+    search = json.loads((out / "search.json").read_text())
     methods = [r["method"] for r in rows]
-    assert set(methods) == {*MAIN, "tsgf-O_off"} and len(methods) == len(set(methods))
+    assert set(methods) == {*MAIN, "tsgf-O_off", "random+student [6f]", "tsgf [6f]"}
+    assert len(methods) == len(set(methods))
+    six = yaml.safe_load((out / "frames6" / "configs" / "synthesis.yaml").read_text())
+    assert six["data"]["frames"] == 6 and six["model"]["init_args"]["lr"] == search["chosen"]["lr"]
     for row in rows:
         assert list(row) == list(ROW_KEYS) and 0.0 <= row["top1_mean"] <= 1.0
         assert row["ipc"] == (None if row["method"] == "full" else 1)
-    search = json.loads((out / "search.json").read_text())
     assert [t["lr"] for t in search["trials"]] == [0.01, 0.05] and search["chosen"] in search["trials"]
     chosen = yaml.safe_load((out / "configs" / "synthesis.yaml").read_text())["model"]["init_args"]["lr"]
     assert chosen == search["chosen"]["lr"]
@@ -124,7 +128,7 @@ def test_whole_table_on_unseen_ucf_layout(tmp_path, table, write_video, monkeypa
     (out / "students" / "kcenter" / "ipc1" / "seed0" / "result.json").unlink()
     partial = table.main(["--data-root", str(root), "--frames", "4", "--size", "48", "--ipc", "1", "--seeds", "1",
                           "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.25",
-                          "--ablations", "mask", "--report-only"])
+                          "--ablations", "mask", "--extra-frames", "6", "--report-only"])
     assert [r for r in rows if r["method"] != "kcenter"] == partial
     assert not (out / "students" / "kcenter" / "ipc1" / "seed0" / "result.json").exists()
     assert json.loads((out / "run.json").read_text())["report_only"] is True
