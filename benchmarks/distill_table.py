@@ -23,11 +23,14 @@ Rows (see ``methods()``):
   ``random+student`` and ``tsgf``. ``--extra-frames 4 16`` runs ``random+student`` and ``tsgf`` again
   at those frame counts (own teacher each) and adds them as rows ``tsgf [4f]``.
 
-Hyper-parameters are chosen on a validation split carved from the training set
-(``--val-fraction``), never the test split: ``--search`` runs, before the table, a grid of synthesis
-``lr`` x ``bn_weight`` at the smallest IPC, one student each, scored by ``val/acc_top1``, and takes
-the best (``OUT/search.json`` / ``search.md``). Without ``--search`` the given values are used and
-recorded.
+Hyper-parameters are chosen on a validation split carved from the training set, never the test
+split: ``--search`` first runs the pipeline with ``split: val`` in ``OUT/search`` (its own teacher,
+trained without a carve-out of ``--search-val-fraction`` of the training videos, by source group),
+a grid of synthesis ``lr`` x ``bn_weight`` at the smallest IPC with ``--search-seeds`` students each,
+and takes the best mean validation top-1 (``OUT/search.json``, ``OUT/search.md``,
+``OUT/search/results.md``). The table itself then trains on every training video
+(``--val-fraction 0``). Without ``--search`` the given values are used, or those of an earlier
+search in ``OUT``, and recorded in ``OUT/run.json``.
 """
 
 from __future__ import annotations
@@ -68,11 +71,11 @@ def _load(name: str) -> dict:
     return yaml.safe_load((TEMPLATES / name).read_text())
 
 
-def stage_configs(args, frames: int) -> dict[str, dict]:
+def stage_configs(args, frames: int, val_fraction: float) -> dict[str, dict]:
     """teacher / synthesis / student configs for this dataset, from the ucf101_mini9 CPU templates."""
     data = {"source": {"class_path": LAYOUTS[args.layout], "init_args": {"root": str(Path(args.data_root).resolve())}},
             "frames": frames, "size": args.size, "resize": [args.size, round(args.size * 4 / 3)],
-            "val_fraction": args.val_fraction}
+            "val_fraction": val_fraction}
     if args.cache_dir:
         data["cache_dir"] = str(Path(args.cache_dir).resolve())
     teacher, synthesis, student = _load("teacher.yaml"), _load("synthesis_ipc1.yaml"), _load("student.yaml")
@@ -120,55 +123,55 @@ def methods(args) -> dict[str, dict]:
     return extra
 
 
-def write_config_dir(config_dir: Path, args, frames: int, pipeline: dict) -> None:
+def write_config_dir(config_dir: Path, args, frames: int, pipeline: dict, val_fraction: float | None = None) -> None:
     config_dir.mkdir(parents=True, exist_ok=True)
-    for name, cfg in {**stage_configs(args, frames), "pipeline.yaml": pipeline}.items():
+    val_fraction = args.val_fraction if val_fraction is None else val_fraction
+    for name, cfg in {**stage_configs(args, frames, val_fraction), "pipeline.yaml": pipeline}.items():
         text = yaml.safe_dump(cfg, sort_keys=False)
         (config_dir / name).write_text(f"# written by benchmarks/distill_table.py\n{text}")
 
 
 # ---------------------------------------------------------------------- validation search
-def _stage(args, config: Path, overrides: list[str], result: Path, log: Path, *flags: str) -> dict:
-    if not result.exists():
-        cmd = [sys.executable, "-m", "tsgf_lightning.stage", "--config", str(config), *overrides, *flags,
-               "--result", str(result)]
-        with open(log, "w") as f:
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-        if rc != 0:
-            raise PipelineError(f"search stage failed (exit code {rc}); its log is {log}")
-    return json.loads(result.read_text())
+def search_name(lr: float, bn: float) -> str:
+    return f"tsgf-lr{lr}-bn{bn}"
 
 
 def search(args, out: Path) -> tuple[float, float]:
-    """Grid over synthesis ``lr`` x ``bn_weight`` at the smallest IPC; best ``val/acc_top1`` of one student each."""
+    """Choose synthesis ``lr`` x ``bn_weight`` on a validation carve-out: a pipeline run with ``split: val``.
+
+    ``OUT/search`` holds its own teacher, trained without the carve-out (``--search-val-fraction``),
+    one synthesis per grid point at the smallest IPC, and ``--search-seeds`` students each, scored on
+    the carve-out; ``random+student`` (and its packed variant) run beside them for reference. The
+    test split is never evaluated there. Returns the grid point with the best mean validation top-1.
+    """
     work, k = out / "search", min(args.ipc)
-    cfg_dir = work / "configs"
-    write_config_dir(cfg_dir, args, args.frames, {"ipc": [k], "seeds": 1, "methods": ["tsgf"]})
-    teacher = out / "teacher" / "checkpoints" / "last.ckpt"  # the table's own teacher: trained first
-    run_pipeline(out / "configs", out, bar=False)  # configs/pipeline.yaml holds `full` only at this point
-    trials = []
-    for lr, bn in itertools.product(args.search_lr, args.search_bn):
-        name = f"lr{lr}_bn{bn}"
-        syn = work / name
-        _stage(args, cfg_dir / "synthesis.yaml",
-               [f"--model.init_args.teacher_ckpt={teacher}", f"--model.init_args.ipc={k}", f"--model.init_args.lr={lr}",
-                f"--model.init_args.bn_weight={bn}", f"--model.init_args.export_dir={syn}",
-                f"--trainer.logger.init_args.save_dir={work}", f"--trainer.logger.init_args.name={name}",
-                "--trainer.logger.init_args.version="], syn / "result.json", work / f"{name}.synthesis.log")
-        res = _stage(args, cfg_dir / "student.yaml",
-                     [f"--model.init_args.teacher_ckpt={teacher}", "--data.train_set=distilled",
-                      f"--data.distilled_path={syn / 'distilled.pt'}", f"--trainer.logger.init_args.save_dir={syn}",
-                      "--trainer.logger.init_args.name=student", "--trainer.logger.init_args.version="],
-                     syn / "student.json", work / f"{name}.student.log", "--validate")
-        trials.append({"lr": lr, "bn_weight": bn, "val_top1": res["val"]["val/acc_top1"]})
-        print(f"search {name}: val top1 {trials[-1]['val_top1']:.3f}", flush=True)
+    grid = {search_name(lr, bn): (lr, bn) for lr, bn in itertools.product(args.search_lr, args.search_bn)}
+    extra = {name: {"synthesis": {f"{SYN}lr": lr, f"{SYN}bn_weight": bn}} for name, (lr, bn) in grid.items()}
+    if args.factor > 1:
+        extra[f"random+student-f{args.factor}"] = {"select": "random", "student": {"data.subset_factor": args.factor}}
+    pipeline = {"ipc": [k], "seeds": args.search_seeds, "jobs": args.jobs, "split": "val",
+                "methods": ["full", "random+student"], "extra_methods": extra}
+    write_config_dir(work / "configs", args, args.frames, pipeline, val_fraction=args.search_val_fraction)
+    rows = run_pipeline(work / "configs", work, bar=False)
+    by_name = {r["method"]: r for r in rows}
+    trials = [{"lr": lr, "bn_weight": bn, "val_top1": by_name[name]["top1_mean"],
+               "val_top1_std": by_name[name]["top1_std"], "seeds": by_name[name]["seeds"]}
+              for name, (lr, bn) in grid.items()]
     best = max(trials, key=lambda t: t["val_top1"])
-    record = {"ipc": k, "val_fraction": args.val_fraction, "trials": trials, "chosen": best}
+    reference = {name: by_name[name]["top1_mean"] for name in by_name if not name.startswith("tsgf-")}
+    record = {"ipc": k, "val_fraction": args.search_val_fraction, "trials": trials, "reference": reference,
+              "chosen": best, "table": str((work / "results.md").relative_to(out))}
     (out / "search.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = ["| lr | bn_weight | val top-1 |", "|---|---|---|"]
-    lines += [f"| {t['lr']} | {t['bn_weight']} | {100 * t['val_top1']:.1f} |" for t in trials]
-    (out / "search.md").write_text(f"Validation search at IPC {k} (val_fraction {args.val_fraction}); chosen: "
-                                   f"lr {best['lr']}, bn_weight {best['bn_weight']}\n\n" + "\n".join(lines) + "\n")
+    lines = ["| lr | bn_weight | val top-1 (%) |", "|---|---|---|"]
+    lines += [f"| {t['lr']} | {t['bn_weight']} | {100 * t['val_top1']:.1f} ± {100 * t['val_top1_std']:.1f} |"
+              for t in trials]
+    lines += [f"| {name} | | {100 * v:.1f} |" for name, v in reference.items()]
+    (out / "search.md").write_text(
+        f"Validation search at IPC {k}: synthesis lr x bn_weight, {args.search_seeds} student seed(s) each, scored "
+        f"on a carve-out of {args.search_val_fraction:.0%} of the training videos (by source group; its own teacher "
+        f"trained on the rest). Chosen: lr {best['lr']}, bn_weight {best['bn_weight']}. Full table: "
+        f"search/results.md\n\n" + "\n".join(lines) + "\n")
+    print(f"search: chose lr {best['lr']}, bn_weight {best['bn_weight']} (val top-1 {best['val_top1']:.3f})", flush=True)
     return best["lr"], best["bn_weight"]
 
 
@@ -217,7 +220,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--jobs", type=int, default=2, help="stages at once (one thread each on a 2-core machine)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="train videos carved out for validation")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="training videos held out of the table's stages (default 0: all train the teacher)")
     p.add_argument("--cache-dir", default=None, help="decoded-clip cache (default: the DataModule's)")
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument("--synthesis-steps", type=int, default=300)
@@ -225,7 +229,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--factor", type=int, default=2, help="multi-formation factor of the synthetic sets")
     p.add_argument("--synthesis-lr", type=float, default=0.01)
     p.add_argument("--bn-weight", type=float, default=0.001)
-    p.add_argument("--search", action="store_true", help="choose lr and bn_weight on the validation split first")
+    p.add_argument("--search", action="store_true", help="choose lr and bn_weight on a validation carve-out first")
+    p.add_argument("--search-val-fraction", type=float, default=0.2,
+                   help="training videos (by source group) the search holds out to score its students on")
+    p.add_argument("--search-seeds", type=int, default=2, help="students per grid point in the search")
     p.add_argument("--search-lr", type=float, nargs="+", default=[0.01, 0.05])
     p.add_argument("--search-bn", type=float, nargs="+", default=[0.001, 0.01])
     p.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=ABLATIONS)
@@ -242,7 +249,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error(f"--data-root {args.data_root} is not a directory")
     start = time.time()
     if args.search and not args.dry_run and not args.report_only:
-        write_config_dir(out / "configs", args, args.frames, {"ipc": args.ipc, "seeds": 1, "methods": ["full"]})
         args.synthesis_lr, args.bn_weight = search(args, out)
     elif (out / "search.json").is_file():  # a resumed or report-only run keeps the values chosen before
         chosen = json.loads((out / "search.json").read_text())["chosen"]

@@ -62,7 +62,7 @@ def test_configs_and_plan_for_a_dataset_root(tmp_path, table, capsys):
         data = yaml.safe_load((cfg / f"{name}.yaml").read_text())["data"]
         assert data["source"] == {"class_path": "tsgf_lightning.data.sources.HMDB51",
                                   "init_args": {"root": str(root.resolve())}}
-        assert (data["frames"], data["size"], data["val_fraction"]) == (4, 32, 0.2)
+        assert (data["frames"], data["size"], data["val_fraction"]) == (4, 32, 0.0)  # the table trains on all
     syn = yaml.safe_load((cfg / "synthesis.yaml").read_text())["model"]["init_args"]
     assert (syn["factor"], syn["lr"], syn["bn_weight"], syn["mask_source"]) == (2, 0.01, 0.001, "init")
 
@@ -103,11 +103,17 @@ def test_whole_table_on_unseen_ucf_layout(tmp_path, table, write_video, monkeypa
     out = tmp_path / "out"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     rows = table.main(["--data-root", str(root), "--frames", "4", "--size", "48", "--ipc", "1", "--seeds", "1",
-                       "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.25",
+                       "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
                        "--teacher-epochs", "1", "--synthesis-steps", "2", "--student-steps", "2",
                        "--ablations", "mask", "--search", "--search-lr", "0.01", "0.05", "--search-bn", "0.001",
-                       "--extra-frames", "6"])
+                       "--search-val-fraction", "0.25", "--search-seeds", "1", "--extra-frames", "6"])
     search = json.loads((out / "search.json").read_text())
+    # the search scored its students on its own carve-out and never on the test split
+    assert yaml.safe_load((out / "search" / "configs" / "student.yaml").read_text())["data"]["val_fraction"] == 0.25
+    for result in (out / "search" / "students").rglob("result.json"):
+        assert "val" in json.loads(result.read_text()) and "test" not in json.loads(result.read_text())
+    assert (out / "search" / "results.md").read_text().startswith("# Validation results")
+    assert yaml.safe_load((out / "configs" / "student.yaml").read_text())["data"]["val_fraction"] == 0.0
     methods = [r["method"] for r in rows]
     assert set(methods) == {*MAIN, "tsgf-O_off", "random+student [6f]", "tsgf [6f]"}
     assert len(methods) == len(set(methods))
@@ -127,7 +133,7 @@ def test_whole_table_on_unseen_ucf_layout(tmp_path, table, write_video, monkeypa
     # --report-only runs nothing: a row whose only student is gone drops out, the rest stay as they were
     (out / "students" / "kcenter" / "ipc1" / "seed0" / "result.json").unlink()
     partial = table.main(["--data-root", str(root), "--frames", "4", "--size", "48", "--ipc", "1", "--seeds", "1",
-                          "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.25",
+                          "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
                           "--ablations", "mask", "--extra-frames", "6", "--report-only"])
     assert [r for r in rows if r["method"] != "kcenter"] == partial
     assert not (out / "students" / "kcenter" / "ipc1" / "seed0" / "result.json").exists()

@@ -189,6 +189,29 @@ def test_interrupted_run_resumes_and_finishes(finished, tmp_path, tiny_embedded,
     assert (out / "logs" / "synthesis_ipc1.log").read_text().count("\n=== ") == 2
 
 
+@pytest.mark.slow
+def test_a_validation_run_scores_students_on_the_carve_out_and_never_tests(finished, tmp_path, tiny_embedded,
+                                                                            shared_cache_dir, subprocess_env):
+    _, done, _ = finished
+    teacher = done / "teacher" / "checkpoints" / "last.ckpt"
+    cfg = make_config_dir(tmp_path / "cfg", tiny_embedded, shared_cache_dir,
+                          {"ipc": [1], "seeds": 1, "methods": ["random+student"], "split": "val",
+                           "teacher": str(teacher)})
+    out = tmp_path / "out"
+    proc = run_cli(cfg, out, subprocess_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (out / "teacher").exists()
+    result = json.loads((out / "students" / "random+student" / "ipc1" / "seed0" / "result.json").read_text())
+    assert "test" not in result  # the test split was never evaluated
+    [row] = json.loads((out / "results.json").read_text())
+    assert row["top1_mean"] == pytest.approx(result["val"]["val/acc_top1"])
+    assert row["top5_mean"] == pytest.approx(result["val"]["val/acc_top5"])
+    md = (out / "results.md").read_text()
+    assert md.startswith("# Validation results") and "validation carve-out" in md
+    hp = yaml.safe_load((out / "students" / "random+student" / "ipc1" / "seed0" / "hparams.yaml").read_text())
+    assert hp["teacher_ckpt"] == str(teacher)
+
+
 # ---------------------------------------------------------------------- (3) bad input, before any stage
 @pytest.fixture
 def tiny_dir(tmp_path, tiny_embedded, shared_cache_dir):
@@ -220,6 +243,9 @@ def test_config_dir_lacking_a_config_is_named(tmp_path, tiny_dir, missing):
     ({"extra_methods": {"x": {"ipc": [1, 0]}}}, r"`ipc` of `extra_methods.x`.*>= 1 but got 0"),
     ({"extra_methods": {"x": {"ipc": [2, 2]}}}, r"`ipc` of `extra_methods.x`.*distinct"),
     ({"extra_methods": {"x": {"seeds": 0}}}, r"`seeds` of `extra_methods.x`.*>= 1 but got 0"),
+    ({"split": "train"}, r"`split`.*\['test', 'val'\] but got 'train'"),
+    ({"teacher": "t.ckpt", "methods": ["full", "tsgf"]}, r"`teacher`.*remove `full`"),
+    ({"teacher": "no/such/teacher.ckpt", "methods": ["tsgf"]}, r"`teacher` of .*no/such/teacher.ckpt.*does not exist"),
 ])
 def test_bad_pipeline_yaml_is_named_before_any_stage(tmp_path, tiny_dir, pipeline, message):
     cfg = tiny_dir(pipeline)
@@ -275,6 +301,20 @@ def test_plan_applies_each_methods_overrides_and_gives_custom_synthesis_its_own_
     assert "--model.init_args.mix=videomix" in stages["student_sre2l_ipc2_seed0"].command()
     hard = stages["student_tsgf-hard_ipc2_seed0"].command()
     assert f"--data.distilled_path={shared.outputs[0]}" in hard and "--model.init_args.labels=hard" in hard
+
+
+def test_plan_on_the_validation_split_with_a_given_teacher(tmp_path, tiny_dir):
+    teacher = tmp_path / "elsewhere" / "last.ckpt"
+    cfg = tiny_dir({"ipc": [1], "seeds": 2, "methods": ["random+student", "tsgf"], "split": "val",
+                    "teacher": str(teacher)})
+    stages = plan(cfg, tmp_path / "out", load_pipeline_config(cfg / "pipeline.yaml"))
+    assert sorted(st.kind for st in stages) == ["student"] * 4 + ["synthesis"]  # no teacher stage
+    for st in stages:
+        cmd = st.command()
+        assert f"--model.init_args.teacher_ckpt={teacher}" in cmd and "--test" not in cmd
+        assert ("--validate" in cmd) == (st.kind == "student")
+        assert "teacher" not in st.needs
+    assert stages[-1].needs == ("synthesis_ipc1",)
 
 
 def test_aggregate_mean_and_sample_std_against_a_naive_loop():

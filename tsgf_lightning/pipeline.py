@@ -7,6 +7,11 @@
     jobs: 1               # stages run at once (independent ones only), each on cores / jobs threads
     methods: [full, random, random+student, tsgf]
     extra_methods: {}     # name -> {select: synthesis|random, synthesis: {key: value}, student: {key: value}}
+    split: test           # what students are scored on: `test` (the table) or `val` (the carve-out)
+    teacher: null         # an existing teacher checkpoint to use instead of training one
+
+``split: val`` is how settings are chosen without touching the test split: the same methods, each
+student scored on the validation carve-out (``data.val_fraction`` > 0) and the table headed so.
 
 Stages (each ``python -m tsgf_lightning.stage`` in its own process, with ``--resume`` and ``--result``):
 
@@ -44,7 +49,8 @@ from typing import Any, Literal
 from .results import aggregate, write_results
 
 CONFIG_FILES = ("teacher.yaml", "synthesis.yaml", "student.yaml", "pipeline.yaml")
-PIPELINE_KEYS = ("ipc", "seeds", "methods", "extra_methods", "jobs")
+PIPELINE_KEYS = ("ipc", "seeds", "methods", "extra_methods", "jobs", "split", "teacher")
+SPLITS = ("test", "val")
 METHOD_KEYS = ("select", "synthesis", "student", "ipc", "seeds")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -94,12 +100,21 @@ BUILTIN_METHODS: dict[str, Method] = {m.name: m for m in (
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """``pipeline.yaml``, validated: IPCs, seeds per (method, IPC), and the methods in run order."""
+    """``pipeline.yaml``, validated: IPCs, seeds per (method, IPC), and the methods in run order.
+
+    Attributes:
+        split: ``test`` (students report the real test split) or ``val`` (the validation carve-out:
+            for choosing settings; the test split is then never evaluated by a student).
+        teacher: an existing TeacherModule checkpoint that every stage uses instead of a teacher
+            trained by this pipeline (no teacher stage, so no ``full`` row).
+    """
 
     ipc: tuple[int, ...]
     seeds: int
     methods: tuple[Method, ...]
     jobs: int = 1
+    split: Literal["test", "val"] = "test"
+    teacher: Path | None = None
 
 
 def _real_selections() -> tuple[str, ...]:
@@ -193,7 +208,18 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     if len(set(names)) != len(names):
         raise PipelineError(f"Expected `methods` in {path} to have no repeats but got {names}")
     names += [n for n in extra if n not in names]
-    return PipelineConfig(tuple(sorted(ipc)), seeds, tuple(known[n] for n in names), jobs)
+    split = raw.get("split", "test")
+    if split not in SPLITS:
+        raise PipelineError(f"Expected `split` in {path} to be one of {list(SPLITS)} but got {split!r}")
+    teacher = raw.get("teacher")
+    if teacher is not None:
+        if not isinstance(teacher, str) or not teacher:
+            raise PipelineError(f"Expected `teacher` in {path} to be a checkpoint path but got {teacher!r}")
+        if "full" in names:
+            raise PipelineError(f"`teacher` in {path} reuses an existing teacher, so there is no teacher stage to "
+                                "report as `full`: remove `full` from `methods`")
+        teacher = Path(os.path.abspath(teacher))  # not resolve(): last.ckpt is a link that moves on
+    return PipelineConfig(tuple(sorted(ipc)), seeds, tuple(known[n] for n in names), jobs, split, teacher)
 
 
 # ---------------------------------------------------------------------- progress
@@ -242,6 +268,7 @@ class Stage:
     result: Path
     outputs: tuple[Path, ...] = ()   # must exist besides the result (teacher checkpoint, distilled.pt)
     test: bool = True
+    validate: bool = False
     method: str | None = None
     ipc: int | None = None
     seed: int | None = None
@@ -249,10 +276,17 @@ class Stage:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "tsgf_lightning.stage", "--config", str(self.config), *self.overrides,
-                "--resume", *(["--test"] if self.test else []), "--result", str(self.result)]
+                "--resume", *(["--validate"] if self.validate else []), *(["--test"] if self.test else []),
+                "--result", str(self.result)]
 
     def done(self) -> bool:
-        return self.result.is_file() and all(p.exists() for p in self.outputs)
+        """The result (holding every split this stage evaluates) and the outputs exist."""
+        if not (self.result.is_file() and all(p.exists() for p in self.outputs)):
+            return False
+        if not (self.validate or self.test):
+            return True
+        result = json.loads(self.result.read_text())
+        return (not self.validate or "val" in result) and (not self.test or "test" in result)
 
 
 def override(key: str, value) -> str:
@@ -276,10 +310,18 @@ def logger_dir(save_dir: Path, name: str) -> list[str]:
 
 
 def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
-    """The stages, in run order: teacher, then per IPC each method's synthesis (once) and students."""
-    teacher_ckpt = out / "teacher" / "checkpoints" / "last.ckpt"
-    stages = [Stage("teacher", "teacher", "teacher", config_dir / "teacher.yaml", tuple(logger_dir(out, "teacher")),
-                    out / "teacher" / "result.json", outputs=(teacher_ckpt,))]
+    """The stages, in run order: teacher, then per IPC each method's synthesis (once) and students.
+
+    With ``cfg.teacher`` there is no teacher stage: every stage reads that checkpoint.
+    """
+    val = cfg.split == "val"
+    if cfg.teacher is None:
+        teacher_ckpt = out / "teacher" / "checkpoints" / "last.ckpt"
+        stages = [Stage("teacher", "teacher", "teacher", config_dir / "teacher.yaml", tuple(logger_dir(out, "teacher")),
+                        out / "teacher" / "result.json", outputs=(teacher_ckpt,), test=not val, validate=val)]
+        teacher_needs: tuple[str, ...] = ("teacher",)
+    else:
+        teacher_ckpt, stages, teacher_needs = cfg.teacher, [], ()
     synthesis: dict[tuple, Stage] = {}
     for k in sorted({*cfg.ipc, *(i for m in cfg.methods for i in (m.ipc or ()))}):
         for m in cfg.methods:
@@ -289,7 +331,7 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
             if m.select == "synthesis":
                 key = (m.name if m.synthesis else "", k)  # methods without synthesis overrides share one run
                 if key not in synthesis:
-                    synthesis[key] = _synthesis_stage(config_dir, out, m, k, teacher_ckpt)
+                    synthesis[key] = _synthesis_stage(config_dir, out, m, k, teacher_ckpt, teacher_needs)
                     stages.append(synthesis[key])
                 distilled = synthesis[key].outputs[0]
             for s in range(m.seeds or cfg.seeds):
@@ -303,14 +345,16 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
                              override("model.init_args.teacher_ckpt", teacher_ckpt),
                              *logger_dir(run, f"seed{s}"), *select,
                              *(override(key, v) for key, v in m.student.items())]
-                needs = ("teacher",) if distilled is None else ("teacher", synthesis[key].name)
+                needs = teacher_needs if distilled is None else (*teacher_needs, synthesis[key].name)
                 stages.append(Stage(f"student_{m.name}_ipc{k}_seed{s}", f"student {m.name} ipc{k} seed{s}", "student",
                                     config_dir / "student.yaml", tuple(overrides),
-                                    run / f"seed{s}" / "result.json", method=m.name, ipc=k, seed=s, needs=needs))
+                                    run / f"seed{s}" / "result.json", test=not val, validate=val,
+                                    method=m.name, ipc=k, seed=s, needs=needs))
     return stages
 
 
-def _synthesis_stage(config_dir: Path, out: Path, m: Method, k: int, teacher_ckpt: Path) -> Stage:
+def _synthesis_stage(config_dir: Path, out: Path, m: Method, k: int, teacher_ckpt: Path,
+                     needs: tuple[str, ...]) -> Stage:
     save_dir, name = (out / "synthesis", f"{m.name}_ipc{k}") if m.synthesis else (out, f"synthesis_ipc{k}")
     export = Path(m.synthesis.get("model.init_args.export_dir", save_dir / name))
     overrides = [override("model.init_args.teacher_ckpt", teacher_ckpt), override("model.init_args.ipc", k),
@@ -319,7 +363,7 @@ def _synthesis_stage(config_dir: Path, out: Path, m: Method, k: int, teacher_ckp
     stage_name = f"synthesis_{m.name}_ipc{k}" if m.synthesis else f"synthesis_ipc{k}"
     return Stage(stage_name, stage_name.replace("_", " "), "synthesis", config_dir / "synthesis.yaml",
                  tuple(overrides), save_dir / name / "result.json", outputs=(export / "distilled.pt",),
-                 test=False, method=m.name if m.synthesis else None, ipc=k, needs=("teacher",))
+                 test=False, method=m.name if m.synthesis else None, ipc=k, needs=needs)
 
 
 # ---------------------------------------------------------------------- checks before running
@@ -448,9 +492,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _summary(stage: Stage) -> tuple[str, float | None]:
     result = json.loads(stage.result.read_text())
-    top1 = result.get("test", {}).get("test/acc_top1")
+    split = "val" if stage.validate else "test"
+    top1 = result.get(split, {}).get(f"{split}/acc_top1")
     if top1 is not None:
-        return f"top1 {top1:.3f}", top1
+        return f"{split} top1 {top1:.3f}" if stage.validate else f"top1 {top1:.3f}", top1
     return f"{result.get('global_step', '?')} steps", None
 
 
@@ -474,6 +519,8 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
     cfg = load_pipeline_config(config_dir / "pipeline.yaml")
     jobs = _int("`--jobs`", jobs, 1) if jobs is not None else cfg.jobs
     check_config_dir(config_dir, cfg.methods)
+    if cfg.teacher is not None and not cfg.teacher.is_file():
+        raise PipelineError(f"`teacher` of {config_dir / 'pipeline.yaml'} is {cfg.teacher}, which does not exist")
     stages = plan(config_dir, out, cfg)
     if dry_run:
         for i, st in enumerate(stages, 1):
@@ -505,7 +552,7 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
             _run_parallel(todo, numbered, out, jobs, lock.fileno(), records, save)
         save()
         rows = aggregate(collect_runs(config_dir, cfg, stages))
-        paths = write_results(out, rows, records)
+        paths = write_results(out, rows, records, split=cfg.split)
     finally:
         signal.signal(signal.SIGTERM, old_handler)
         lock.close()
@@ -604,9 +651,13 @@ def _write_stages(path: Path, by_name: dict) -> None:
 
 
 def collect_runs(config_dir: Path, cfg: PipelineConfig, stages: list[Stage]) -> list[dict]:
-    """Per-run records ``{"method", "ipc", "arch", "seed", "top1", "top5"}`` in method order, then IPC, then seed."""
+    """Per-run records ``{"method", "ipc", "arch", "seed", "top1", "top5"}`` in method order, then IPC, then seed.
+
+    Accuracies are those of ``cfg.split`` (the test split, or the validation carve-out).
+    """
     runs = []
-    teacher = next(st for st in stages if st.kind == "teacher")
+    split = cfg.split
+    teacher = next((st for st in stages if st.kind == "teacher"), None)
     students = [st for st in stages if st.kind == "student"]
     for m in cfg.methods:
         if m.select == "teacher":
@@ -616,9 +667,9 @@ def collect_runs(config_dir: Path, cfg: PipelineConfig, stages: list[Stage]) -> 
             mine = [st for st in students if st.method == m.name]
             arch = student_arch(config_dir / "student.yaml", m.student)
         for st in mine:
-            test = json.loads(st.result.read_text())["test"]
+            metrics = json.loads(st.result.read_text())[split]
             runs.append({"method": m.name, "ipc": st.ipc, "arch": arch, "seed": st.seed,
-                         "top1": test["test/acc_top1"], "top5": test["test/acc_top5"]})
+                         "top1": metrics[f"{split}/acc_top1"], "top5": metrics[f"{split}/acc_top5"]})
     return runs
 
 

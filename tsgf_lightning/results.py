@@ -96,15 +96,19 @@ def _accuracy_table(rows: Sequence[Mapping], metric: str) -> list[str]:
     return lines
 
 
-def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None) -> str:
+SPLIT_WORDS = {"test": "the real test split", "val": "the validation carve-out of the training split"}
+
+
+def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None, split: str = "test") -> str:
     """The readable table: methods x IPC, ``mean ± std`` in %, top-1 then top-5, then stage wall times.
 
     Args:
         rows: aggregated rows (:func:`aggregate`).
         stages: optional ``{"stage", "status", "wall_s", "top1"}`` records, one per pipeline stage.
+        split: what the accuracies were measured on: ``test`` or ``val`` (named in the heading).
     """
-    out = ["# Results", "",
-           "Accuracy on the real test split in %: mean ± sample standard deviation over student seeds "
+    out = ["# Results" if split == "test" else "# Validation results (for choosing settings; not test accuracy)", "",
+           f"Accuracy on {SPLIT_WORDS[split]} in %: mean ± sample standard deviation over student seeds "
            "(0 for one run). `all data`: trained on the whole real training set (the teacher).", "",
            "## Top-1", "", *_accuracy_table(rows, "top1"), "",
            "## Top-5", "", *_accuracy_table(rows, "top5"), ""]
@@ -121,7 +125,7 @@ def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None =
 
 
 # ---------------------------------------------------------------------- plot
-def plot_accuracy_vs_ipc(rows: Sequence[Mapping], path: str | Path, metric: str = "top1") -> Path:
+def plot_accuracy_vs_ipc(rows: Sequence[Mapping], path: str | Path, metric: str = "top1", split: str = "test") -> Path:
     """Line per ``(method, arch)`` of ``metric`` (%) against IPC with std error bars; ``ipc: None`` rows dashed.
 
     Uses matplotlib's object-oriented ``Figure`` (rendered by Agg) rather than pyplot, so no global
@@ -161,7 +165,7 @@ def plot_accuracy_vs_ipc(rows: Sequence[Mapping], path: str | Path, metric: str 
         if pad:
             ax.set_xlim(ipcs[0] - pad, ipcs[0] + pad)
     ax.set_xlabel("videos per class (IPC)")
-    ax.set_ylabel(f"test {metric.replace('top', 'top-')} accuracy (%)")
+    ax.set_ylabel(f"{split} {metric.replace('top', 'top-')} accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -203,8 +207,10 @@ def log_summary_to_tensorboard(log_dir: str | Path, markdown: str, image_path: s
 
 
 def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None,
-                  tensorboard: bool = True) -> dict[str, Path]:
+                  tensorboard: bool = True, split: str = "test") -> dict[str, Path]:
     """Write ``results.json``, ``results.md``, ``accuracy_vs_ipc.png`` and (optionally) ``summary/`` under ``out_dir``.
+
+    ``split`` names what the accuracies were measured on (``test``, or ``val`` for a settings search).
 
     Returns:
         The written paths by name (``json``, ``md``, ``png``, and ``tensorboard`` when written).
@@ -213,9 +219,9 @@ def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence
     rows = [{k: row[k] for k in ROW_KEYS} for row in rows]
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "accuracy_vs_ipc.png"}
     _write_atomic(paths["json"], json.dumps(rows, indent=2) + "\n")
-    markdown = results_markdown(rows, stages)
+    markdown = results_markdown(rows, stages, split)
     _write_atomic(paths["md"], markdown)
-    plot_accuracy_vs_ipc(rows, paths["png"])
+    plot_accuracy_vs_ipc(rows, paths["png"], split=split)
     if tensorboard:
         paths["tensorboard"] = out / "summary"
         log_summary_to_tensorboard(paths["tensorboard"], markdown, paths["png"])
