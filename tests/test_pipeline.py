@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -353,7 +354,8 @@ def test_parallel_run_respects_stage_dependencies(tmp_path, tiny_embedded, share
     cfg = make_config_dir(tmp_path / "cfg", tiny_embedded, shared_cache_dir,
                           {"ipc": [1], "seeds": 1, "methods": methods, "jobs": 2})
     out = tmp_path / "out"
-    proc = run_cli(cfg, out, subprocess_env)
+    env = {k: v for k, v in subprocess_env.items() if k != "OMP_NUM_THREADS"}  # the pipeline chooses
+    proc = run_cli(cfg, out, env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
 
@@ -368,3 +370,7 @@ def test_parallel_run_respects_stage_dependencies(tmp_path, tiny_embedded, share
     assert "2 stages at once" in proc.stdout
     rows = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in rows] == methods
+    # the teacher runs alone on every core; stages that run two at once share them
+    cores = os.cpu_count() or 1
+    assert f"OMP_NUM_THREADS={cores} " in (out / "logs" / "teacher.log").read_text()
+    assert f"OMP_NUM_THREADS={max(1, cores // 2)} " in (out / "logs" / "synthesis_ipc1.log").read_text()

@@ -465,16 +465,20 @@ def _threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _launch(stage: Stage, log_path: Path, lock_fd: int, jobs: int):
-    """Start a stage writing straight to its log (no progress bar: several run at once)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(stage.command())}\n".encode())
-    log.flush()
+def _launch(stage: Stage, log_path: Path, lock_fd: int, slots: int):
+    """Start a stage writing straight to its log (no progress bar: several run at once).
+
+    ``slots``: how many stages share the cores from now on (those running and those starting with it).
+    """
     # Small convolutions gain little from a second thread and lose much to contention: give each
     # of the concurrent stages its share of the cores (unless the user chose a thread count).
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.setdefault("OMP_NUM_THREADS", str(_threads_per_job(jobs)))
+    env.setdefault("OMP_NUM_THREADS", str(_threads_per_job(slots)))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} OMP_NUM_THREADS={env['OMP_NUM_THREADS']} "
+              f"{shlex.join(stage.command())}\n".encode())
+    log.flush()
     proc = subprocess.Popen(stage.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, pass_fds=(lock_fd,))
     return proc, log
@@ -596,14 +600,16 @@ def _run_parallel(todo: list[Stage], numbered: dict, out: Path, jobs: int, lock_
     """
     done = {r["stage"] for r in records}
     queue, running = list(todo), {}  # name -> (stage, proc, log, start)
-    print(f"running up to {jobs} stages at once, {_threads_per_job(jobs)} thread(s) each; logs in {out / 'logs'}",
-          flush=True)
+    print(f"running up to {jobs} stages at once, {_threads_per_job(jobs)} thread(s) each (all cores for a stage that "
+          f"runs alone); logs in {out / 'logs'}", flush=True)
     try:
         while queue or running:
             ready = [st for st in queue if all(n in done for n in st.needs)]
             ready.sort(key=lambda st: (st.ipc or 0, st.kind == "student"))  # stable; see the docstring
-            for st in ready[: jobs - len(running)]:
-                proc, log = _launch(st, out / "logs" / f"{st.name}.log", lock_fd, jobs)
+            starting = ready[: jobs - len(running)]
+            slots = len(running) + len(starting)  # a stage that starts alone (the teacher) gets every core
+            for st in starting:
+                proc, log = _launch(st, out / "logs" / f"{st.name}.log", lock_fd, slots)
                 running[st.name] = (st, proc, log, time.time())
                 queue.remove(st)
                 print(f"{numbered[st.name]} ... started", flush=True)
