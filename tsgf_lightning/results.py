@@ -109,7 +109,8 @@ def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None =
     """
     out = ["# Results" if split == "test" else "# Validation results (for choosing settings; not test accuracy)", "",
            f"Accuracy on {SPLIT_WORDS[split]} in %: mean ± sample standard deviation over student seeds "
-           "(0 for one run). `all data`: trained on the whole real training set (the teacher).", "",
+           "(0 for one run). `all data`: the teacher, trained on the real training split less any validation "
+           "carve-out.", "",
            "## Top-1", "", *_accuracy_table(rows, "top1"), "",
            "## Top-5", "", *_accuracy_table(rows, "top5"), ""]
     if stages:
