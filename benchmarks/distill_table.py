@@ -39,7 +39,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 from functools import partial
