@@ -27,6 +27,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn import functional as F
@@ -97,14 +98,14 @@ def synthesis_datamodule(world) -> VideoDataModule:
 
 # ------------------------------------------------------------------------------------ in-process fit
 def fit_synthesis(world, run: Path, *, max_steps: int = 2, callbacks=(), ckpt_every: int | None = None,
-                  ckpt_path: str | None = None, **model) -> tuple[L.Trainer, SynthesisModule]:
+                  ckpt_path: str | None = None, logger=False, **model) -> tuple[L.Trainer, SynthesisModule]:
     module = SynthesisModule(num_classes=3, **{"teacher_ckpt": str(world.teacher), **MODEL,
                                                "export_dir": str(run / "export"), **model})
     callbacks = list(callbacks)
     if ckpt_every:
         callbacks.append(ModelCheckpoint(dirpath=run / "ckpt", save_last=True, save_top_k=0,
                                          every_n_train_steps=ckpt_every))
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=logger,
                         enable_checkpointing=bool(ckpt_every), enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=run, callbacks=callbacks)
     trainer.fit(module, datamodule=synthesis_datamodule(world), ckpt_path=ckpt_path)
@@ -319,6 +320,19 @@ def assert_teacher_unchanged(teacher: nn.Module, path: Path) -> None:
         assert torch.equal(now[k].cpu(), saved[k]), k
     bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert bns and not any(m.training for m in bns)
+
+
+def test_a_logged_run_at_ipc_2_beside_the_datamodules_default_ipc(world, tmp_path) -> None:
+    """The DataModule's ``ipc`` (random subsets only) stays 1 while synthesis runs at ipc 2.
+
+    With a logger, Lightning merges module and DataModule hyper-parameters and refuses one key with
+    two values; a stale DataModule ``ipc`` once stopped every synthesis above IPC 1 in its first step.
+    """
+    logger = TensorBoardLogger(str(tmp_path), name="synthesis", version="")
+    trainer, module = fit_synthesis(world, tmp_path, max_steps=1, logger=logger)
+    assert trainer.global_step == 1 and module.videos.shape[0] == 3 * IPC
+    logged = yaml.unsafe_load((tmp_path / "synthesis" / "hparams.yaml").read_text())  # holds tuples
+    assert logged["ipc"] == IPC and logged["train_set"] == "none"
 
 
 def test_teacher_is_frozen_through_synthesis(world, tmp_path) -> None:

@@ -186,7 +186,10 @@ class VideoDataModule(L.LightningDataModule):
             raise ValueError(f"Expected argument `val_fraction` to be in [0, 1) but got {val_fraction}")
         if train_set == "distilled" and not distilled_path:
             raise ValueError("`train_set: distilled` needs `distilled_path` (the synthesis stage's distilled.pt)")
-        self.save_hyperparameters(ignore=["source"])
+        # The random-subset keys mean nothing for other train sets; saving them anyway would put a stale
+        # `ipc` beside SynthesisModule's and Lightning refuses to log two values of one key.
+        unused = [] if train_set == "random" else ["ipc", "subset_seed", "subset_factor"]
+        self.save_hyperparameters(ignore=["source", *unused])
         self.source = source
         self.frames, self.size = frames, size
         self.resize = tuple(resize) if resize is not None else (size, size)
