@@ -39,6 +39,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import write_report  # noqa: E402
 
 from tsgf_lightning.data.cache import load_or_decode  # noqa: E402
 from tsgf_lightning.data.datamodule import VideoDataModule  # noqa: E402
@@ -46,7 +49,6 @@ from tsgf_lightning.data.sources import UCF101, Embedded, VideoSource  # noqa: E
 from tsgf_lightning.models import MiniC3D  # noqa: E402
 
 #: Everything below this line of the results file is hand-written and kept when the tables are rewritten.
-NOTES_MARKER = "<!-- notes: kept across runs -->"
 
 
 @dataclass
@@ -231,12 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {name: bench(s, tuple(args.workers), args.min_clips, args.train_seconds) for name, s in setups.items()}
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
     text = report(results, setups, command, started, load)
-    out = Path(args.out)
-    if out.exists() and NOTES_MARKER in out.read_text():  # keep the hand-written findings below the marker
-        text += "\n" + NOTES_MARKER + out.read_text().split(NOTES_MARKER, 1)[1]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    print(write_report(args.out, text))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tsgf_lightning.pipeline import PipelineError, collect_runs, load_pipeline_config, plan, run_pipeline  # noqa: E402
+from tsgf_lightning.freshness import statuses  # noqa: E402
+from tsgf_lightning.pipeline import (PipelineError, collect_runs, load_pipeline_config, plan,  # noqa: E402
+                                     resolve_stages, run_pipeline)
 from tsgf_lightning.results import aggregate, plot_accuracy_vs_ipc, read_results, write_results  # noqa: E402
 
 TEMPLATES = REPO / "configs" / "ucf101_mini9"
@@ -178,12 +180,14 @@ def finished_rows(config_dir: Path, out: Path) -> list[dict]:
     """The table from the stages finished so far (``--report-only``): rows with fewer seeds, or none."""
     cfg = load_pipeline_config(config_dir / "pipeline.yaml")
     stages = plan(config_dir, out, cfg)
-    done = [st for st in stages if st.done()]
+    status = statuses(stages, resolve_stages(stages))  # finished *and* current: a stale number is never reported
+    done = [st for st in stages if status[st.name].state == "done"]
     if not any(st.kind == "teacher" for st in done):
-        raise PipelineError(f"no finished teacher under {out}: nothing to report yet")
-    missing = [st.title for st in stages if not st.done()]
+        raise PipelineError(f"no finished, current teacher under {out}: nothing to report yet")
+    missing = [f"{st.title} ({status[st.name].state})" for st in stages if status[st.name].state != "done"]
     if missing:
-        print(f"{len(missing)} of {len(stages)} stages not finished, left out: {', '.join(missing)}", flush=True)
+        print(f"{len(missing)} of {len(stages)} stages not finished or stale, left out: {', '.join(missing)}",
+              flush=True)
     return aggregate(collect_runs(config_dir, cfg, done))
 
 

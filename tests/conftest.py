@@ -20,6 +20,7 @@ pays nothing. Fixtures (request them by name):
   frames can be compared exactly with the frames written.
 - autouse ``one_thread``: every test runs torch on one intra-op thread and inside ``fork_rng``, so
   no test sees a global RNG state that depends on which tests ran before it.
+- ``videos`` -> six small random FFV1 videos as ``VideoItem`` s in ``tmp_path`` (the cache tests).
 - ``subprocess_env`` -> ``dict``: ``os.environ`` plus ``PYTHONPATH`` (the repository, so a child in
   another working directory imports this checkout) and one intra-op thread per process.
 
@@ -176,6 +177,22 @@ def write_video():
     return _write_video
 
 
+@pytest.fixture
+def videos(tmp_path, write_video) -> list:
+    """Six :class:`~tsgf_lightning.data.sources.VideoItem`: 7-frame 20x24 FFV1 videos of random content, three
+    per class, one group each (the cache tests' own small split)."""
+    from tsgf_lightning.data.sources import VideoItem
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    items = []
+    for i in range(6):
+        frames = torch.randint(0, 256, (7, 20, 24, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
+        path = write_video(folder / f"clip{i}.mkv", frames)
+        items.append(VideoItem(str(path), label=i % 2, group=f"g{i}"))
+    return items
+
+
 @pytest.fixture(scope="session")
 def subprocess_env() -> dict:
     env = dict(os.environ)
@@ -183,3 +200,19 @@ def subprocess_env() -> dict:
     env["OMP_NUM_THREADS"] = "1"
     env.pop("PL_GLOBAL_SEED", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def finished_pipeline(tmp_path_factory, tiny_embedded, shared_cache_dir, subprocess_env):
+    """One complete pipeline run of the four methods, IPC 1, two seeds: (config dir, OUT, the run's stdout).
+
+    Shared by the pipeline tests; a test that changes configs or outputs works on a copy.
+    """
+    from .pipeline_utils import FOUR, make_config_dir, run_cli
+
+    base = tmp_path_factory.mktemp("pipeline")
+    cfg = make_config_dir(base / "cfg", tiny_embedded, shared_cache_dir, {"ipc": [1], "seeds": 2, "methods": FOUR})
+    out = base / "out"
+    proc = run_cli(cfg, out, subprocess_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return cfg, out, proc.stdout

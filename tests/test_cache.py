@@ -1,5 +1,7 @@
-"""The decoded-split cache: keyed by everything that shapes the clips, written atomically, read back
-with mmap and without decoding; corrupt videos skipped and named, or refused when too many."""
+"""The decoded-split cache: keyed by everything that shapes the clips, written atomically under a name
+that records its size and checksum, read back with mmap and without decoding; corrupt videos skipped
+and named, or refused when too many. Damaged caches, stale temporaries and unwritable cache
+directories: tests/test_cache_integrity.py."""
 
 from __future__ import annotations
 
@@ -12,25 +14,11 @@ import torch
 
 from tsgf_lightning.data.cache import ClipSpec, cache_file, cached_split_exists, decode_split, load_or_decode
 from tsgf_lightning.data.decode import decode_clips
+from tsgf_lightning.data.integrity import has_record
 from tsgf_lightning.data.sources import VideoItem
 
 SOURCE = {"kind": "folder", "root": "/data/videos", "classes": ["a", "b"]}
 SPEC = ClipSpec(frames=4, size_hw=(12, 16))
-
-
-
-
-@pytest.fixture
-def videos(tmp_path, write_video) -> list[VideoItem]:
-    """Six 7-frame 20x24 FFV1 videos of random content, three per class, one group each."""
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    items = []
-    for i in range(6):
-        frames = torch.randint(0, 256, (7, 20, 24, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
-        path = write_video(folder / f"clip{i}.mkv", frames)
-        items.append(VideoItem(str(path), label=i % 2, group=f"g{i}"))
-    return items
 
 
 def spoil(path: str, keep_stat: bool = True) -> None:
@@ -43,6 +31,13 @@ def spoil(path: str, keep_stat: bool = True) -> None:
 
 def files_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def stored(key: Path) -> Path:
+    """The one file stored for the cache keyed ``key``: its name is the key's plus the integrity record."""
+    found = [p for p in key.parent.iterdir() if p.name.startswith(key.stem + ".")]
+    assert len(found) == 1 and has_record(found[0]), found
+    return found[0]
 
 
 # ----------------------------------------------------------------------------------------------- key
@@ -94,7 +89,7 @@ def test_first_call_decodes_and_writes_second_call_loads_without_decoding(tmp_pa
     spec = ClipSpec(frames=4, size_hw=(12, 16), positions=(0.25, 0.75))
     assert not cached_split_exists(str(cache), SOURCE, "fit", videos, spec)
     first = load_or_decode(str(cache), SOURCE, "fit", videos, spec, workers=1)
-    path = cache_file(str(cache), SOURCE, "fit", videos, spec)
+    path = stored(cache_file(str(cache), SOURCE, "fit", videos, spec))
     assert files_in(cache) == [path.name]  # one file, no temporary left behind
     assert cached_split_exists(str(cache), SOURCE, "fit", videos, spec)
     assert first.clips.shape == (6, 2, 3, 4, 12, 16) and first.clips.dtype == torch.uint8
@@ -108,7 +103,7 @@ def test_first_call_decodes_and_writes_second_call_loads_without_decoding(tmp_pa
     written = path.stat().st_mtime_ns
     for item in videos:
         spoil(item.path)
-    assert cache_file(str(cache), SOURCE, "fit", videos, spec) == path
+    assert stored(cache_file(str(cache), SOURCE, "fit", videos, spec)) == path
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a decode attempt would warn about every video
         second = load_or_decode(str(cache), SOURCE, "fit", videos, spec, workers=1)
@@ -143,7 +138,7 @@ def test_a_failed_save_leaves_no_file(tmp_path, videos, monkeypatch):
     assert files_in(cache) == []
     monkeypatch.setattr(torch, "save", real_save)
     load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=1)
-    assert files_in(cache) == [cache_file(str(cache), SOURCE, "fit", videos, SPEC).name]
+    assert files_in(cache) == [stored(cache_file(str(cache), SOURCE, "fit", videos, SPEC)).name]
 
 
 # ----------------------------------------------------------------------------------------- bad videos
@@ -163,7 +158,8 @@ def test_a_corrupt_video_is_skipped_named_and_counted(tmp_path, videos):
     assert split.clips.shape[0] == 5
     for i, item in enumerate(kept):  # the clips still line up with their labels
         assert torch.equal(split.clips[i, 0], decode_clips(item.path, 4, (12, 16))[0])
-    assert load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=1).skipped == [bad]  # cached too
+    with pytest.warns(UserWarning, match=r"skipped 1 of 6 unreadable videos.*clip3\.mkv"):  # and reported again
+        assert load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=1).skipped == [bad]  # cached too
 
 
 def test_too_many_corrupt_videos_is_an_error_naming_them_and_nothing_is_written(tmp_path, videos):

@@ -120,7 +120,8 @@ def test_whole_table_on_unseen_ucf_layout(tmp_path, table, write_video, monkeypa
     six = yaml.safe_load((out / "frames6" / "configs" / "synthesis.yaml").read_text())
     assert six["data"]["frames"] == 6 and six["model"]["init_args"]["lr"] == search["chosen"]["lr"]
     for row in rows:
-        assert list(row) == list(ROW_KEYS) and 0.0 <= row["top1_mean"] <= 1.0
+        assert list(row) == [*ROW_KEYS, "fingerprints"] and 0.0 <= row["top1_mean"] <= 1.0
+        assert len(row["fingerprints"]) == row["seeds"] and all(len(f) == 12 for f in row["fingerprints"])
         assert row["ipc"] == (None if row["method"] == "full" else 1)
     assert [t["lr"] for t in search["trials"]] == [0.01, 0.05] and search["chosen"] in search["trials"]
     chosen = yaml.safe_load((out / "configs" / "synthesis.yaml").read_text())["model"]["init_args"]["lr"]

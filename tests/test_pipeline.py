@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,47 +24,7 @@ import yaml
 from tsgf_lightning.pipeline import PipelineError, load_pipeline_config, plan, run_pipeline
 from tsgf_lightning.results import ROW_KEYS, aggregate, plot_accuracy_vs_ipc, write_results
 
-REPO = Path(__file__).resolve().parents[1]
-EMBEDDED = REPO / "configs" / "embedded"
-FOUR = ["full", "random", "random+student", "tsgf"]
-
-
-def _put(cfg: dict, key: str, value) -> None:
-    *head, last = key.split(".")
-    for k in head:
-        cfg = cfg.setdefault(k, {})
-    cfg[last] = value
-
-
-def make_config_dir(out: Path, data, cache_dir: str, pipeline: dict) -> Path:
-    """configs/embedded/*.yaml shrunk to seconds per stage on ``data`` (conftest's ``tiny_embedded``)."""
-    out.mkdir(parents=True)
-    for stage in ("teacher", "synthesis", "student"):
-        cfg = yaml.safe_load((EMBEDDED / f"{stage}.yaml").read_text())
-        _put(cfg, "data.source.init_args", data.init_args())
-        _put(cfg, "data.cache_dir", cache_dir)
-        _put(cfg, "data.num_workers", 0)
-        if stage == "synthesis":
-            _put(cfg, "trainer.max_steps", 3)
-            _put(cfg, "model.init_args.factor", 1)  # the tiny set has 3 clips a class, factor 2 needs 4
-        else:
-            _put(cfg, "trainer.max_epochs", 1)
-            _put(cfg, "trainer.num_sanity_val_steps", 0)
-            _put(cfg, "model.init_args.backbone.init_args.channels", [8, 8, 8])
-        if stage == "student":
-            _put(cfg, "data.train_repeats", 1)
-        (out / f"{stage}.yaml").write_text(yaml.safe_dump(cfg))
-    (out / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
-    return out
-
-
-def pipeline_command(config_dir: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "tsgf_lightning.pipeline", "--config-dir", str(config_dir), "--output-dir", str(out)]
-
-
-def run_cli(config_dir: Path, out: Path, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(pipeline_command(config_dir, out), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+from .pipeline_utils import FOUR, REPO, make_config_dir, pipeline_command, run_cli
 
 
 def _mtimes(out: Path) -> dict[str, int]:
@@ -73,15 +32,10 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_embedded, shared_cache_dir, subprocess_env):
+@pytest.fixture
+def finished(finished_pipeline):
     """One complete run of the four methods, IPC 1, two seeds: (config dir, OUT, the run's stdout)."""
-    base = tmp_path_factory.mktemp("pipeline")
-    cfg = make_config_dir(base / "cfg", tiny_embedded, shared_cache_dir, {"ipc": [1], "seeds": 2, "methods": FOUR})
-    out = base / "out"
-    proc = run_cli(cfg, out, subprocess_env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return cfg, out, proc.stdout
+    return finished_pipeline
 
 
 # ---------------------------------------------------------------------- (1) a complete run
@@ -91,7 +45,7 @@ def test_full_run_writes_results_table_plot_and_summary(finished):
     rows = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in rows] == FOUR
     for r in rows:
-        assert tuple(r) == ROW_KEYS
+        assert tuple(r) == (*ROW_KEYS, "fingerprints")
         assert r["arch"] == "MiniC3D"
         assert 0.0 <= r["top1_mean"] <= 1.0 and 0.0 <= r["top5_mean"] <= 1.0
     full, *students = rows
@@ -105,6 +59,10 @@ def test_full_run_writes_results_table_plot_and_summary(finished):
         # sample std of two values is |a - b| / sqrt(2)
         assert r["top1_mean"] == pytest.approx((per_seed[0] + per_seed[1]) / 2)
         assert r["top1_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
+        # each row names the stages its numbers came from
+        digests = [json.loads((out / "students" / r["method"] / "ipc1" / f"seed{s}" / "result.json").read_text())
+                   ["fingerprint"]["digest"][:12] for s in (0, 1)]
+        assert r["fingerprints"] == digests and len(set(digests)) == 2
     assert (out / "synthesis_ipc1" / "distilled.pt").is_file()
     assert (out / "teacher" / "checkpoints" / "last.ckpt").exists()
 

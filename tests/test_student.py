@@ -213,15 +213,17 @@ def datamodule(data, source=None, **kwargs) -> VideoDataModule:
                            num_workers=0, cache_dir=data.cache, decode_workers=1, **kwargs)
 
 
-def write_set(path: Path, classes: int = 8, frames: int = 8, size: int = 48) -> Path:
+def write_set(path: Path, data, classes: int = 8, frames: int = 8, size: int = 48) -> Path:
+    """A distilled set named after the embedded set's first ``classes`` classes (conftest's set has 8)."""
     g = torch.Generator().manual_seed(0)
     videos = torch.rand(classes, 3, frames, size, size, generator=g)
-    return export_distilled(path, videos, torch.arange(classes), [f"c{i}" for i in range(classes)], 1,
-                            list(IMAGENET_MEAN), list(IMAGENET_STD), method="test", media=False)
+    names = data.embedded.source().class_names[:classes]
+    return export_distilled(path, videos, torch.arange(classes), names, 1, list(IMAGENET_MEAN), list(IMAGENET_STD),
+                            method="test", media=False)
 
 
 def test_a_matching_distilled_set_loads(data, tmp_path) -> None:
-    dm = datamodule(data, train_set="distilled", distilled_path=str(write_set(tmp_path)))
+    dm = datamodule(data, train_set="distilled", distilled_path=str(write_set(tmp_path, data)))
     dm.setup("fit")
     assert len(dm.train_data) == 8
 
@@ -232,7 +234,7 @@ def test_a_matching_distilled_set_loads(data, tmp_path) -> None:
     (dict(size=32), "size = 32 but the data config expects 48"),
 ])
 def test_a_distilled_set_of_other_geometry_is_refused(data, tmp_path, shape, message) -> None:
-    path = write_set(tmp_path, **shape)
+    path = write_set(tmp_path, data, **shape)
     dm = datamodule(data, train_set="distilled", distilled_path=str(path))
     with pytest.raises(DistilledSetError, match=message) as err:
         dm.setup("fit")
@@ -247,7 +249,7 @@ def test_a_missing_distilled_set_is_refused(data, tmp_path) -> None:
 
 
 def test_a_truncated_distilled_set_is_refused_by_a_student_fit(data, teacher_checkpoint, tmp_path) -> None:
-    path = write_set(tmp_path)
+    path = write_set(tmp_path, data)
     content = path.read_bytes()
     path.write_bytes(content[: len(content) // 2])
     dm = datamodule(data, train_set="distilled", distilled_path=str(path))

@@ -235,8 +235,11 @@ def test_two_ranks_with_unequal_shards_give_the_one_rank_set(world, reference_ru
     dm = synthesis_datamodule(world)
     init = dm.random_subset(IPC, 0)[0].float() / 255
     assert (exported_1 - init).abs().max() > 1e-2
-    labels = torch.load(run / "export" / "distilled.pt", weights_only=True)["labels"]
-    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    record_1, record_2 = (torch.load(r / "export" / "distilled.pt", weights_only=True) for r in (reference_run, run))
+    assert record_2["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    # Saturation is counted over the whole set, both shards (rank 0 alone holds 4 of the 6 videos).
+    assert record_2["init_saturated_fraction"] == record_1["init_saturated_fraction"] > 0
+    assert record_2["saturated_fraction"] == pytest.approx(record_1["saturated_fraction"], abs=1e-5)
 
 
 def test_plain_ddp_is_refused_in_setup() -> None:
@@ -547,6 +550,7 @@ def test_distilled_pt_holds_the_documented_contents(world, reference_run) -> Non
     assert data["config"]["mask"] == "binary" and data["config"]["ipc"] == IPC and data["config"]["lr"] == 0.1
     assert data["method"] == "tsgf" and isinstance(data["format_version"], int)
     assert len(data["init_paths"]) == 3 * IPC and data["steps"] == 5
+    assert 0 < data["init_saturated_fraction"] < 0.05 and 0 <= data["saturated_fraction"] < 0.05
     grids = sorted(p.name for p in (out / "grids").glob("*.png"))
     assert grids == [f"{c:03d}_{name}.png" for c, name in enumerate(THREE)]
     mp4s = sorted((out / "videos").glob("*.mp4"))
@@ -643,9 +647,13 @@ def test_a_synthesis_checkpoint_is_not_a_teacher(world, tmp_path) -> None:
         fit_synthesis(world, tmp_path, teacher_ckpt=str(ckpt))
 
 
-def test_ipc_above_a_class_size_with_real_init_names_the_class(world, tmp_path) -> None:
-    with pytest.raises(ValueError, match=r"class 'grow' has 4 training videos, fewer than ipc=5"):
-        fit_synthesis(world, tmp_path, ipc=5)
+@pytest.mark.parametrize("ipc,factor,need", [(5, 1, 5), (2, 2, 8)])
+def test_ipc_above_a_class_size_with_real_init_names_the_class(world, tmp_path, ipc, factor, need) -> None:
+    """The message counts stored videos and the clips they pack: ``ipc x factor^2``."""
+    with pytest.raises(ValueError, match=rf"class 'grow' has 4 training videos, fewer than ipc={ipc} x factor\^2 "
+                                         rf"{factor ** 2} = {need} clips needed \(each stored video packs factor x "
+                                         r"factor clips\)"):
+        fit_synthesis(world, tmp_path, ipc=ipc, factor=factor)
 
 
 def test_non_finite_loss_stops_before_the_update_and_keeps_earlier_files(world, tmp_path, monkeypatch) -> None:

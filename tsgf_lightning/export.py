@@ -18,9 +18,24 @@ from .data.distilled import FORMAT_VERSION
 from .video import denormalize
 from .visualize import frame_grid, save_mp4, save_png
 
+#: What a synthesis checkpoint's ``tsgf`` record carries into ``distilled.pt`` besides the set itself.
+SYNTHESIS_EXTRAS = ("init_paths", "teacher_arch", "saturated_fraction", "init_saturated_fraction")
+
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plain_types(value):
+    """``value`` as JSON-like plain types, anything else as ``str``: checkpoints and ``distilled.pt`` load
+    with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {str(k): plain_types(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_types(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def export_distilled(out_dir: str | Path, videos: Tensor, labels: Tensor, class_names: list[str], ipc: int,
@@ -68,7 +83,8 @@ def export_from_checkpoint(ckpt_path: str, out_dir: str, media: bool = True) -> 
     return export_distilled(out_dir, videos, ckpt["state_dict"]["labels"], record["class_names"], record["ipc"],
                             record["mean"], record["std"], method=record.get("method", "tsgf"),
                             teacher_sha256=record.get("teacher_sha256", ""), config=record.get("config", {}),
-                            extra={"steps": int(ckpt.get("global_step", 0))}, media=media,
+                            extra={"steps": int(ckpt.get("global_step", 0)),
+                                   **{k: record[k] for k in SYNTHESIS_EXTRAS if k in record}}, media=media,
                             factor=int(record.get("factor", 1)))
 
 

@@ -21,8 +21,13 @@ Stages (each ``python -m tsgf_lightning.stage`` in its own process, with ``--res
   ``OUT/synthesis/<method>_ipcK``;
 - students -> ``OUT/students/<method>/ipcK/seedS`` with ``--seed_everything=S --model.init_args.seed=S``.
 
-A stage whose ``result.json`` (and outputs) exist is skipped, so running the same command again
-redoes no finished stage and resumes an interrupted one from its ``last.ckpt``. Logs go to
+A stage is skipped only if it is done *and the same stage*: its ``result.json`` records the
+fingerprint of its resolved config and of the content of its inputs (teacher checkpoint, distilled
+set, decoded data; :mod:`~tsgf_lightning.fingerprint`), and that fingerprint is still what the
+configs and inputs give. Running the same command again redoes no finished stage and resumes an
+interrupted one from its ``last.ckpt``; after a config change the changed stages and everything
+downstream of them run again (the pipeline lists them with the keys that changed), and their old
+outputs are moved to ``OUT/superseded/<time>/``, never deleted. Logs go to
 ``OUT/logs/<stage>.log``; results to ``OUT/results.{json,md}``, ``OUT/accuracy_vs_ipc.png`` and
 ``OUT/summary`` (TensorBoard); ``OUT/stages.json`` records each stage's command and wall time.
 """
@@ -46,6 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .atomic import write_json_atomic
+from .fingerprint import ConfigResolveError, resolve_config, short
+from .freshness import FINGERPRINT_FILE, prepare_launch, read_result, statuses, superseded_root
 from .results import aggregate, write_results
 
 CONFIG_FILES = ("teacher.yaml", "synthesis.yaml", "student.yaml", "pipeline.yaml")
@@ -277,10 +285,14 @@ class Stage:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "tsgf_lightning.stage", "--config", str(self.config), *self.overrides,
                 "--resume", *(["--validate"] if self.validate else []), *(["--test"] if self.test else []),
-                "--result", str(self.result)]
+                "--result", str(self.result), "--fingerprint", str(self.result.parent / FINGERPRINT_FILE)]
 
     def done(self) -> bool:
-        """The result (holding every split this stage evaluates) and the outputs exist."""
+        """The result (holding every split this stage evaluates) and the outputs exist.
+
+        Complete, not necessarily current: :func:`~tsgf_lightning.freshness.statuses` also compares
+        the fingerprint the result records with the one the stage's config and inputs give now.
+        """
         if not (self.result.is_file() and all(p.exists() for p in self.outputs)):
             return False
         if not (self.validate or self.test):
@@ -378,36 +390,20 @@ def check_config_dir(config_dir: Path, methods: tuple[Method, ...]) -> None:
                             f"{', '.join(CONFIG_FILES)})")
 
 
-def check_stage_arguments(stages: list[Stage]) -> None:
-    """Parse (never instantiate) one command per distinct (config, method) so a typo fails before any training.
+def resolve_stages(stages: list[Stage]) -> dict[str, dict]:
+    """Every stage's resolved config (parsed, never instantiated), so a typo fails before any training.
 
-    LightningCLI's ``--print_config`` parses the config with every override and exits; jsonargparse
-    names an unknown option or a bad value.
+    LightningCLI's ``--print_config`` parses the config with every override; jsonargparse names an
+    unknown option or a bad value. The resolved configs are what the stages' fingerprints hash.
     """
-    import contextlib
-    import io
-    import warnings
-
-    from .cli import main as cli_main
-
-    seen = set()
+    resolved = {}
     for st in stages:
-        key = (st.kind, st.method)
-        if key in seen:
-            continue
-        seen.add(key)
-        out, err = io.StringIO(), io.StringIO()
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # sys.argv is ours
-                cli_main(["--config", str(st.config), *st.overrides, "--print_config"], run=False)
-        except SystemExit as exc:
-            if exc.code in (0, None):
-                continue
-            text = err.getvalue()
-            text = text[text.find("error:"):] if "error:" in text else text[-2000:]
+            resolved[st.name] = resolve_config(st.config, st.overrides)
+        except ConfigResolveError as err:
             raise PipelineError(f"stage {st.title} would fail: its arguments do not parse against {st.config}:\n"
-                                f"{text.strip()}\ncommand: {shlex.join(st.command())}") from None
+                                f"{err.text}\ncommand: {shlex.join(st.command())}") from None
+    return resolved
 
 
 def student_arch(config: Path, overrides: dict) -> str:
@@ -509,13 +505,17 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool = False,
-                 check: bool = True, bar: bool | None = None, jobs: int | None = None) -> list[dict]:
-    """Run (or resume) every stage, then write the results; returns the aggregated rows.
+                 bar: bool | None = None, jobs: int | None = None) -> list[dict]:
+    """Run (or resume) every stage that is not done and current, then write the results; returns the rows.
 
     ``jobs`` (default: ``pipeline.yaml``'s, else 1) stages run at once when their inputs are ready.
+    A finished stage whose config or inputs changed since it ran is stale: it and every stage
+    downstream of it run again, and their old outputs are moved to ``OUT/superseded/<time>/``
+    (:mod:`~tsgf_lightning.freshness`).
 
     Raises:
-        PipelineError: bad config dir or pipeline.yaml, arguments that do not parse, or a failed stage.
+        PipelineError: bad config dir or pipeline.yaml, arguments that do not parse, an output dir
+            that cannot be written, or a failed stage.
     """
     config_dir, out = Path(config_dir).resolve(), Path(output_dir).resolve()
     if not (config_dir / "pipeline.yaml").is_file():
@@ -525,43 +525,92 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
     check_config_dir(config_dir, cfg.methods)
     if cfg.teacher is not None and not cfg.teacher.is_file():
         raise PipelineError(f"`teacher` of {config_dir / 'pipeline.yaml'} is {cfg.teacher}, which does not exist")
+    _require_writable(out)
     stages = plan(config_dir, out, cfg)
+    resolved = resolve_stages(stages)
+    status = _statuses(stages, resolved)
     if dry_run:
         for i, st in enumerate(stages, 1):
-            print(f"[{i}/{len(stages)}] {st.title}{' (done)' if st.done() else ''}\n  {shlex.join(st.command())}")
+            s = status[st.name]
+            print(f"[{i}/{len(stages)}] {st.title} ({s.state}{': ' + '; '.join(s.reasons) if s.reasons else ''})\n"
+                  f"  {shlex.join(st.command())}")
         return []
-    pending = [st for st in stages if not st.done()]
-    if check and pending:
-        check_stage_arguments(pending)
     lock = _lock(out)
     previous = _read_stages(out / "stages.json")
     records: list[dict] = []
+    aside = superseded_root(out)
     old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         numbered = {st.name: f"[{i}/{len(stages)}] {st.title}" for i, st in enumerate(stages, 1)}
+        _report_stale(stages, status, aside)
         for st in stages:
-            if st.done():
+            if status[st.name].state == "done":
                 text, top1 = _summary(st)
-                print(f"{numbered[st.name]} ... skipped ({st.result} exists): {text}", flush=True)
+                digest = status[st.name].digest
+                print(f"{numbered[st.name]} ... skipped (done, same fingerprint {short(digest)}): {text}", flush=True)
                 wall = previous.get(st.name, {}).get("wall_s") or json.loads(st.result.read_text()).get("seconds")
-                records.append(_record(st, "skipped", wall, top1))
-        todo = [st for st in stages if not st.done()]
+                records.append(_record(st, "skipped", wall, top1, digest))
+        todo = [st for st in stages if status[st.name].state != "done"]
 
         def save() -> None:
             _write_stages(out / "stages.json", {**previous, **{r["stage"]: r for r in records}})
 
+        def prepare(st: Stage) -> str:
+            fingerprint, moved = prepare_launch(st, resolved[st.name], out, aside)
+            for path in moved:
+                print(f"  (the superseded output of {st.title} is kept in {path})", flush=True)
+            return fingerprint["digest"]
+
         if jobs == 1:
-            _run_sequential(todo, numbered, out, bar, lock.fileno(), records, save)
+            _run_sequential(todo, numbered, out, bar, lock.fileno(), records, save, prepare)
         else:
-            _run_parallel(todo, numbered, out, jobs, lock.fileno(), records, save)
+            _run_parallel(todo, numbered, out, jobs, lock.fileno(), records, save, prepare)
         save()
         rows = aggregate(collect_runs(config_dir, cfg, stages))
-        paths = write_results(out, rows, records, split=cfg.split)
+        skipped = skipped_videos(stages)
+        paths = write_results(out, rows, records, split=cfg.split, skipped=skipped)
     finally:
         signal.signal(signal.SIGTERM, old_handler)
         lock.close()
+    for split, videos in skipped.items():
+        print(f"warning: {len(videos)} unreadable video(s) left out of the {split!r} split: "
+              f"{', '.join(videos[:5])}{' ...' if len(videos) > 5 else ''} (all listed in {paths['md']})", flush=True)
     print(f"results: {paths['md']}, {paths['json']}, {paths['png']}; TensorBoard: {paths['tensorboard']}")
     return rows
+
+
+def _require_writable(out: Path) -> None:
+    existing = next(q for q in (out, *out.parents) if q.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PipelineError(f"cannot write the output dir {out}: {existing} is "
+                            f"{'not a directory' if not existing.is_dir() else 'not writable'}; choose another "
+                            "--output-dir")
+
+
+def _statuses(stages: list[Stage], resolved: dict[str, dict]) -> dict:
+    try:
+        return statuses(stages, resolved)
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"cannot fingerprint the stages' inputs: {err}") from None
+
+
+def _report_stale(stages: list[Stage], status: dict, aside: Path) -> None:
+    stale = [st for st in stages if status[st.name].state == "stale"]
+    if not stale:
+        return
+    print(f"{len(stale)} stage(s) are stale and run again (old outputs are moved to {aside}):", flush=True)
+    for st in stale:
+        print(f"  {st.title}: {'; '.join(status[st.name].reasons)}", flush=True)
+
+
+def skipped_videos(stages: list[Stage]) -> dict[str, list[str]]:
+    """Unreadable videos the stages' splits left out, by split, from their ``result.json`` (sorted, unique)."""
+    found: dict[str, set[str]] = {}
+    for st in stages:
+        result, _ = read_result(st) if st.result.exists() else (None, None)
+        for split, paths in ((result or {}).get("skipped_videos") or {}).items():
+            found.setdefault(split, set()).update(paths)
+    return {split: sorted(paths) for split, paths in sorted(found.items())}
 
 
 def _failed(st: Stage, rc: int, log_path: Path) -> PipelineError:
@@ -569,10 +618,12 @@ def _failed(st: Stage, rc: int, log_path: Path) -> PipelineError:
                          f"{_tail(log_path)}\nFix the cause and run the same command again: finished stages are skipped.")
 
 
-def _run_sequential(todo: list[Stage], numbered: dict, out: Path, bar, lock_fd: int, records: list, save) -> None:
+def _run_sequential(todo: list[Stage], numbered: dict, out: Path, bar, lock_fd: int, records: list, save,
+                    prepare) -> None:
     """One stage at a time, its progress bar on the stage's line."""
     for st in todo:
         log_path = out / "logs" / f"{st.name}.log"
+        digest = prepare(st)
         progress = StageProgress(numbered[st.name] + " ...", bar)
         start = time.time()
         try:
@@ -587,19 +638,19 @@ def _run_sequential(todo: list[Stage], numbered: dict, out: Path, bar, lock_fd: 
             raise _failed(st, rc, log_path)
         text, top1 = _summary(st)
         progress.finish(f"done in {wall:.0f}s: {text}")
-        records.append(_record(st, "ran", wall, top1))
+        records.append(_record(st, "ran", wall, top1, digest))
         save()
 
 
 def _run_parallel(todo: list[Stage], numbered: dict, out: Path, jobs: int, lock_fd: int, records: list,
-                  save) -> None:
+                  save, prepare) -> None:
     """Up to ``jobs`` stages at once, each started when the stages it ``needs`` are done.
 
     Of the stages ready to start, smaller IPCs go first (their rows are complete early), and within
     an IPC synthesis goes before students (students wait for synthesis, not the other way round).
     """
     done = {r["stage"] for r in records}
-    queue, running = list(todo), {}  # name -> (stage, proc, log, start)
+    queue, running, digests = list(todo), {}, {}  # running: name -> (stage, proc, log, start)
     print(f"running up to {jobs} stages at once, {_threads_per_job(jobs)} thread(s) each (all cores for a stage that "
           f"runs alone); logs in {out / 'logs'}", flush=True)
     try:
@@ -609,6 +660,7 @@ def _run_parallel(todo: list[Stage], numbered: dict, out: Path, jobs: int, lock_
             starting = ready[: jobs - len(running)]
             slots = len(running) + len(starting)  # a stage that starts alone (the teacher) gets every core
             for st in starting:
+                digests[st.name] = prepare(st)
                 proc, log = _launch(st, out / "logs" / f"{st.name}.log", lock_fd, slots)
                 running[st.name] = (st, proc, log, time.time())
                 queue.remove(st)
@@ -628,7 +680,7 @@ def _run_parallel(todo: list[Stage], numbered: dict, out: Path, jobs: int, lock_
                     raise _failed(st, rc, out / "logs" / f"{name}.log")
                 text, top1 = _summary(st)
                 print(f"{numbered[name]} ... done in {wall:.0f}s: {text}", flush=True)
-                records.append(_record(st, "ran", wall, top1))
+                records.append(_record(st, "ran", wall, top1, digests[name]))
                 done.add(name)
                 save()
     except (KeyboardInterrupt, _Terminated):
@@ -641,9 +693,9 @@ def _run_parallel(todo: list[Stage], numbered: dict, out: Path, jobs: int, lock_
             log.close()
 
 
-def _record(st: Stage, status: str, wall: float | None, top1: float | None) -> dict:
+def _record(st: Stage, status: str, wall: float | None, top1: float | None, digest: str | None) -> dict:
     return {"stage": st.name, "status": status, "wall_s": None if wall is None else round(wall, 1), "top1": top1,
-            "log": f"logs/{st.name}.log", "command": st.command()}
+            "fingerprint": short(digest), "log": f"logs/{st.name}.log", "command": st.command()}
 
 
 def _read_stages(path: Path) -> dict:
@@ -651,9 +703,7 @@ def _read_stages(path: Path) -> dict:
 
 
 def _write_stages(path: Path, by_name: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(list(by_name.values()), indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(list(by_name.values()), path)
 
 
 def collect_runs(config_dir: Path, cfg: PipelineConfig, stages: list[Stage]) -> list[dict]:
@@ -673,9 +723,11 @@ def collect_runs(config_dir: Path, cfg: PipelineConfig, stages: list[Stage]) -> 
             mine = [st for st in students if st.method == m.name]
             arch = student_arch(config_dir / "student.yaml", m.student)
         for st in mine:
-            metrics = json.loads(st.result.read_text())[split]
+            result = json.loads(st.result.read_text())
+            metrics = result[split]
             runs.append({"method": m.name, "ipc": st.ipc, "arch": arch, "seed": st.seed,
-                         "top1": metrics[f"{split}/acc_top1"], "top5": metrics[f"{split}/acc_top5"]})
+                         "top1": metrics[f"{split}/acc_top1"], "top5": metrics[f"{split}/acc_top5"],
+                         "fingerprint": short((result.get("fingerprint") or {}).get("digest"))})
     return runs
 
 
@@ -683,15 +735,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tsgf_lightning.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-dir", required=True, help="holds teacher/synthesis/student/pipeline.yaml")
     parser.add_argument("--output-dir", required=True, help="every stage's run dir, logs and the results")
-    parser.add_argument("--dry-run", action="store_true", help="print the stages and their commands, run nothing")
-    parser.add_argument("--no-check", action="store_true", help="skip parsing the stages' arguments up front")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the stages, whether each is done, new, resumed or stale (and why), and their commands")
     parser.add_argument("--jobs", type=int, default=None,
                         help="stages run at once (default: pipeline.yaml's `jobs`, else 1); each gets cores/jobs threads")
     parser.add_argument("--bar", choices=["auto", "on", "off"], default="auto",
                         help="show the running stage's progress bar (auto: when stdout is a terminal)")
     args = parser.parse_args(argv)
     try:
-        run_pipeline(args.config_dir, args.output_dir, args.dry_run, not args.no_check,
+        run_pipeline(args.config_dir, args.output_dir, args.dry_run,
                      {"auto": None, "on": True, "off": False}[args.bar], args.jobs)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from .atomic import write_text_atomic
+
 ROW_KEYS = ("method", "ipc", "arch", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std")
+#: Written when known: ``fingerprints``, the short fingerprint digest of each run aggregated in the row
+#: (:mod:`~tsgf_lightning.fingerprint`), in seed order, so every number says which stage made it.
+OPTIONAL_KEYS = ("fingerprints",)
 
 
 def sample_std(values: Sequence[float]) -> float:
@@ -39,7 +43,8 @@ def aggregate(runs: Iterable[Mapping]) -> list[dict]:
 
     Args:
         runs: records with keys ``method``, ``ipc`` (int or None), ``arch``, ``top1``, ``top5``
-            (fractions); other keys (``seed``) are ignored.
+            (fractions), optionally ``fingerprint`` (collected into the row's ``fingerprints``);
+            other keys (``seed``) are ignored.
     """
     groups: dict[tuple, list[Mapping]] = {}
     for run in runs:
@@ -51,9 +56,12 @@ def aggregate(runs: Iterable[Mapping]) -> list[dict]:
     for (method, ipc, arch), members in groups.items():
         top1 = [float(r["top1"]) for r in members]
         top5 = [float(r["top5"]) for r in members]
-        rows.append({"method": method, "ipc": ipc, "arch": arch, "seeds": len(members),
-                     "top1_mean": sum(top1) / len(top1), "top1_std": sample_std(top1),
-                     "top5_mean": sum(top5) / len(top5), "top5_std": sample_std(top5)})
+        row = {"method": method, "ipc": ipc, "arch": arch, "seeds": len(members),
+               "top1_mean": sum(top1) / len(top1), "top1_std": sample_std(top1),
+               "top5_mean": sum(top5) / len(top5), "top5_std": sample_std(top5)}
+        if any(r.get("fingerprint") for r in members):
+            row["fingerprints"] = [r.get("fingerprint") for r in members]
+        rows.append(row)
     return rows
 
 
@@ -99,13 +107,16 @@ def _accuracy_table(rows: Sequence[Mapping], metric: str) -> list[str]:
 SPLIT_WORDS = {"test": "the real test split", "val": "the validation carve-out of the training split"}
 
 
-def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None, split: str = "test") -> str:
+def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None, split: str = "test",
+                     skipped: Mapping[str, Sequence[str]] | None = None) -> str:
     """The readable table: methods x IPC, ``mean ± std`` in %, top-1 then top-5, then stage wall times.
 
     Args:
         rows: aggregated rows (:func:`aggregate`).
         stages: optional ``{"stage", "status", "wall_s", "top1"}`` records, one per pipeline stage.
         split: what the accuracies were measured on: ``test`` or ``val`` (named in the heading).
+        skipped: unreadable videos left out of each decoded split (``{"fit": [paths], ...}``), listed
+            under the table so that nobody reads a number without knowing what it lacks.
     """
     out = ["# Results" if split == "test" else "# Validation results (for choosing settings; not test accuracy)", "",
            f"Accuracy on {SPLIT_WORDS[split]} in %: mean ± sample standard deviation over student seeds "
@@ -113,11 +124,20 @@ def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None =
            "carve-out.", "",
            "## Top-1", "", *_accuracy_table(rows, "top1"), "",
            "## Top-5", "", *_accuracy_table(rows, "top5"), ""]
+    skipped = {k: list(v) for k, v in (skipped or {}).items() if v}
+    if skipped:
+        out += ["## Unreadable videos", "",
+                "These videos could not be decoded and are not in the splits every number above was computed on:", ""]
+        for split_name, paths in skipped.items():
+            shown = ", ".join(f"`{p}`" for p in paths[:20]) + (f" and {len(paths) - 20} more" if len(paths) > 20 else "")
+            out.append(f"- `{split_name}`: {len(paths)} skipped: {shown}")
+        out.append("")
     if stages:
-        out += ["## Stages", "", "| # | stage | status | wall time | top-1 |", "|---|---|---|---|---|"]
+        out += ["## Stages", "", "| # | stage | status | wall time | top-1 | fingerprint |", "|---|---|---|---|---|---|"]
         for i, s in enumerate(stages, 1):
             top1 = f"{100 * s['top1']:.1f}" if s.get("top1") is not None else ""
-            out.append(f"| {i} | {s['stage']} | {s['status']} | {_duration(s.get('wall_s'))} | {top1} |")
+            fp = f"`{s['fingerprint']}`" if s.get("fingerprint") else ""
+            out.append(f"| {i} | {s['stage']} | {s['status']} | {_duration(s.get('wall_s'))} | {top1} | {fp} |")
         known = [s["wall_s"] for s in stages if s.get("wall_s") is not None]
         ran = [s["wall_s"] for s in stages if s["status"] == "ran" and s.get("wall_s") is not None]
         out += ["", f"Sum of stage wall times: {_duration(sum(known))} (stages run by the last invocation: "
@@ -178,13 +198,6 @@ def plot_accuracy_vs_ipc(rows: Sequence[Mapping], path: str | Path, metric: str 
 
 
 # ---------------------------------------------------------------------- files and TensorBoard
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def log_summary_to_tensorboard(log_dir: str | Path, markdown: str, image_path: str | Path | None) -> None:
     """Replace the event files in ``log_dir`` by one holding the table (``add_text``) and the plot (``add_image``).
 
@@ -208,7 +221,8 @@ def log_summary_to_tensorboard(log_dir: str | Path, markdown: str, image_path: s
 
 
 def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None,
-                  tensorboard: bool = True, split: str = "test") -> dict[str, Path]:
+                  tensorboard: bool = True, split: str = "test",
+                  skipped: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
     """Write ``results.json``, ``results.md``, ``accuracy_vs_ipc.png`` and (optionally) ``summary/`` under ``out_dir``.
 
     ``split`` names what the accuracies were measured on (``test``, or ``val`` for a settings search).
@@ -217,11 +231,11 @@ def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence
         The written paths by name (``json``, ``md``, ``png``, and ``tensorboard`` when written).
     """
     out = Path(out_dir)
-    rows = [{k: row[k] for k in ROW_KEYS} for row in rows]
+    rows = [{k: row[k] for k in (*ROW_KEYS, *OPTIONAL_KEYS) if k in row} for row in rows]
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "accuracy_vs_ipc.png"}
-    _write_atomic(paths["json"], json.dumps(rows, indent=2) + "\n")
-    markdown = results_markdown(rows, stages, split)
-    _write_atomic(paths["md"], markdown)
+    write_text_atomic(paths["json"], json.dumps(rows, indent=2) + "\n")
+    markdown = results_markdown(rows, stages, split, skipped)
+    write_text_atomic(paths["md"], markdown)
     plot_accuracy_vs_ipc(rows, paths["png"], split=split)
     if tensorboard:
         paths["tensorboard"] = out / "summary"

@@ -22,7 +22,7 @@ from .data.datamodule import VideoDataModule
 from .export import export_distilled
 from .modules.frozen import load_teacher
 from .tsgf.multiformation import pack_tiles
-from .tsgf.selection import select_per_class
+from .tsgf.selection import check_clips_per_class, select_per_class
 from .video import normalize
 
 METHODS = ("random", "herding", "kcenter", "confident")
@@ -54,28 +54,45 @@ def teacher_outputs(teacher, clips: torch.Tensor, mean, std, batch_size: int = 3
     return torch.cat(feats), torch.cat(logits)
 
 
-def select(dm: VideoDataModule, method: str, ipc: int, seed: int = 0, teacher_ckpt: str | None = None) -> tuple:
-    """``(clips uint8 (N, C, T, S, S), labels, indices into split("fit"))`` chosen by ``method``."""
+def select(dm: VideoDataModule, method: str, ipc: int, seed: int = 0, teacher_ckpt: str | None = None,
+           factor: int = 1) -> tuple:
+    """``(clips uint8 (N, C, T, S, S), labels, indices into split("fit"))`` chosen by ``method``.
+
+    ``ipc * factor^2`` clips per class, class-major: with multi-formation each run of ``factor^2``
+    clips is packed into one stored video. Raises, naming the class, if some class has too few clips.
+    """
     if method not in METHODS:
         raise ValueError(f"Expected argument `method` to be one of {METHODS} but got {method!r}")
     if method == "random":
-        return dm.random_subset(ipc, seed)
+        return dm.random_subset(ipc, seed, factor)
     if teacher_ckpt is None:
         raise ValueError(f"selection {method!r} needs a teacher checkpoint (--teacher-ckpt)")
-    teacher, _ = load_teacher(teacher_ckpt, dm.num_classes, None, dm.class_names, dm.frames, dm.size)
     clips, labels = dm.real_clips("fit")
+    check_clips_per_class(labels, dm.class_names, ipc, factor)
+    teacher, _ = load_teacher(teacher_ckpt, dm.num_classes, None, dm.class_names, dm.frames, dm.size)
     features, logits = teacher_outputs(teacher, clips, dm.mean, dm.std)
-    idx = select_per_class(labels, ipc, method, features=features, logits=logits)
+    idx = select_per_class(labels, ipc * factor * factor, method, features=features, logits=logits)
     return clips[idx], labels[idx], idx
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type of ``--ipc`` / ``--factor``: an integer >= 1 (0 would write an empty set, -1 all but one clip)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 but got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="a stage config whose `data` section names the dataset")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--ipc", type=_at_least_one, required=True, help="stored videos per class (>= 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--factor", type=int, default=1,
+    p.add_argument("--factor", type=_at_least_one, default=1,
                    help="multi-formation: ipc * factor^2 clips per class, packed factor x factor per stored video")
     p.add_argument("--teacher-ckpt", default=None)
     p.add_argument("--output-dir", required=True)
@@ -84,7 +101,7 @@ def main(argv: list[str] | None = None) -> Path:
     dm = datamodule_from_config(args.config, {"train_set": "real", "distilled_path": None})
     dm.prepare_data()
     f2 = args.factor ** 2
-    clips, labels, idx = select(dm, args.method, args.ipc * f2, args.seed, args.teacher_ckpt)
+    clips, labels, idx = select(dm, args.method, args.ipc, args.seed, args.teacher_ckpt, args.factor)
     paths = dm.split("fit").paths
     stored = pack_tiles(clips.float() / 255.0, args.factor)
     config = {"config": args.config, "method": args.method, "ipc": args.ipc, "seed": args.seed, "factor": args.factor}

@@ -1,9 +1,12 @@
 """Run one stage: ``fit`` (resuming from ``last`` when asked) and optionally ``test``, in one process.
 
-``python -m tsgf_lightning.stage --config FILE [--model.init_args.x=...] [--resume] [--validate] [--test] [--result OUT.json]``
+``python -m tsgf_lightning.stage --config FILE [--model.init_args.x=...] [--resume] [--validate] [--test] [--result OUT.json] [--fingerprint F.json]``
 
 ``--validate`` records the validation carve-out's metrics after fit (how hyper-parameters are chosen,
-never on the test split). Everything but these flags goes to LightningCLI unchanged, so a stage is exactly what
+never on the test split). ``--fingerprint`` copies a fingerprint file (written by the pipeline from
+the resolved config and the inputs' content hashes: :mod:`~tsgf_lightning.fingerprint`) into the
+result, so the result says what produced it. Everything but these flags goes to LightningCLI
+unchanged, so a stage is exactly what
 ``python -m tsgf_lightning fit --config FILE ...`` would run. The pipeline launches each stage as its
 own process: under DDP Lightning re-executes this command for the other ranks, which works because
 the command is self-contained. The result file (test metrics, wall time) is written atomically by
@@ -18,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import write_json_atomic
 from .cli import main as cli_main
 
 
@@ -40,14 +44,6 @@ def _pop_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def write_json_atomic(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def run(argv: list[str]) -> dict:
     """Run the stage described by ``argv``; returns the result dict (also written to ``--result``)."""
     argv = list(argv)
@@ -55,11 +51,17 @@ def run(argv: list[str]) -> dict:
     test = _pop_flag(argv, "--test")
     validate = _pop_flag(argv, "--validate")
     result_path = _pop_value(argv, "--result")
+    fingerprint_path = _pop_value(argv, "--fingerprint")
     start = time.time()
     cli = cli_main(argv, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     if validate and not getattr(dm.hparams, "val_fraction", 0):
         raise SystemExit("--validate needs a validation carve-out: set data.val_fraction > 0")
+    outputs = {"--result": Path(result_path).parent if result_path else None, "the logger's directory": trainer.log_dir,
+               "model.init_args.export_dir": getattr(model.hparams, "export_dir", None)}
+    for what, directory in outputs.items():
+        if directory:
+            require_writable_dir(directory, what)
     ckpt = None
     if resume:
         last = _last_checkpoint(trainer)
@@ -76,26 +78,45 @@ def run(argv: list[str]) -> dict:
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
         result["test"] = {k: float(v) for k, v in metrics.items()}
     result["seconds"] = round(time.time() - start, 1)
+    skipped = dm.skipped_videos() if hasattr(dm, "skipped_videos") else {}
+    result["skipped_videos"] = {split: list(paths) for split, paths in skipped.items() if paths}
+    if getattr(model, "distilled_teacher_match", None) is not None:
+        result["distilled_teacher_match"] = bool(model.distilled_teacher_match)
+    if fingerprint_path and Path(fingerprint_path).is_file():  # absent when a person runs the command by hand
+        result["fingerprint"] = json.loads(Path(fingerprint_path).read_text())
     if result_path and trainer.global_rank == 0:
         write_json_atomic(result, result_path)
     return result
 
 
-def _last_checkpoint(trainer) -> Path | None:
-    """The newest ``last*.ckpt`` of the run's ModelCheckpoint, if a previous attempt left one.
+def require_writable_dir(directory: str | Path, what: str) -> None:
+    """Refuse an output directory that cannot be written before any work (decoding, training) is spent.
 
-    Lightning names the file ``last-v1.ckpt`` when a ``last.ckpt`` it did not write is in the way
-    (e.g. a run folder that was copied), so the newest of them is the one to resume from.
+    The nearest existing ancestor must be a writable directory (the stage creates the rest).
     """
-    callback = trainer.checkpoint_callback
-    if callback is None:
-        return None
-    dirpath = callback.dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
-    candidates = sorted(Path(dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1] if candidates else None
+    p = Path(directory).absolute()
+    existing = next(q for q in (p, *p.parents) if q.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise SystemExit(f"error: cannot write {what} {p}: {existing} {problem}; choose another directory "
+                         "(nothing has been decoded or trained)")
+
+
+def _last_checkpoint(trainer) -> Path | None:
+    """The newest readable checkpoint a previous attempt left, if any (what ``fit --ckpt_path last`` uses).
+
+    A broken newest one (a run killed while saving) is renamed aside and the previous one used; see
+    :func:`tsgf_lightning.cli.resume_checkpoint`, shared with the CLI so both resume alike.
+    """
+    from .cli import resume_checkpoint
+
+    return resume_checkpoint(trainer)
 
 
 def main() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # the args are sys.argv's own
     run(sys.argv[1:])
 
 

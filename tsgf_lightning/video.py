@@ -38,3 +38,18 @@ def pixel_bounds(mean: Sequence[float], std: Sequence[float], like: Tensor) -> t
     lo = normalize(torch.zeros(1, len(mean), 1, 1, 1, dtype=like.dtype, device=like.device), mean, std)
     hi = normalize(torch.ones(1, len(mean), 1, 1, 1, dtype=like.dtype, device=like.device), mean, std)
     return lo, hi
+
+
+def at_pixel_bounds(inputs: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Which elements of normalised inputs ``(B, C, T, H, W)`` sit at (or beyond) pixel 0 or 1 of their channel.
+
+    Compared in input space against :func:`pixel_bounds`, the very values a clamp writes, so a clamped
+    element counts exactly; no tolerance, so a pixel merely near a bound does not.
+    """
+    lo, hi = pixel_bounds(mean, std, inputs)
+    return (inputs <= lo) | (inputs >= hi)
+
+
+def saturated_fraction(inputs: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Fraction of the elements of normalised inputs at pixel 0 or 1 (:func:`at_pixel_bounds`), a 0-dim tensor."""
+    return at_pixel_bounds(inputs, mean, std).float().mean()

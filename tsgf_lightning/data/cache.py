@@ -7,8 +7,17 @@ are written to a temporary name and renamed, so an interrupted decode leaves no 
 behind, and loaded with ``mmap=True`` so DDP ranks and DataLoader workers share one copy in the
 page cache.
 
+The rename also publishes the file's integrity record: its size and CRC-32 are part of its name
+(``{key}.{size}.crc32-{crc}.pt``), so no cache exists without its record and the two cannot
+disagree after a crash. Every load streams the file through the checksum before mapping it
+(:data:`~.integrity.CHECK_CHUNK` bytes at a time, so only the page cache holds it); a file that is
+truncated, changed on disk, unreadable or without a record is named in a warning, removed and
+decoded again. Before decoding, the cache directory must be writable, and temporaries of killed
+saves in it are removed.
+
 Corrupt or unreadable videos are skipped with a warning that names each one, and counted; more than
-``max_bad_fraction`` of a split failing is an error (nothing is written).
+``max_bad_fraction`` of a split failing is an error (nothing is written). The skipped files are
+stored with the split and reported again on every load.
 """
 
 from __future__ import annotations
@@ -28,7 +37,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .decode import Sampling, VideoDecodeError, decode_clips
+from .integrity import (
+    cache_problem,
+    file_crc32,
+    has_record,
+    recorded_name,
+    remove_stale_temps,
+    require_writable,
+    stored_caches,
+    temp_path,
+)
 from .sources import VideoItem
+from .sources.base import preview
 
 CACHE_VERSION = 2  # v2: exact-rational frame indices (decode.sample_indices)
 
@@ -60,7 +80,10 @@ class ClipSpec:
 
 
 def cache_file(cache_dir: str, source_key: dict, split: str, items: Sequence[VideoItem], spec: ClipSpec) -> Path:
-    """Where the decoded split lives; the name carries the split, geometry and a content hash."""
+    """The key of the decoded split: split, geometry and a content hash in the name.
+
+    The file stored for it adds its integrity record to the name (:func:`~.integrity.recorded_name`).
+    """
     files = hashlib.sha1()
     for item in items:
         try:
@@ -95,6 +118,8 @@ def decode_split(items: Sequence[VideoItem], spec: ClipSpec, workers: int = 2,
                  max_bad_fraction: float = 0.05, desc: str = "decoding") -> DecodedSplit:
     """Decode every item (in order, ``workers`` processes, with a progress bar).
 
+    Unreadable items are warned about one by one, with the decoder's reason, and listed in ``skipped``.
+
     Raises:
         RuntimeError: more than ``max_bad_fraction`` of the items (or all of them) failed; the
             message names the failures.
@@ -121,8 +146,6 @@ def decode_split(items: Sequence[VideoItem], spec: ClipSpec, workers: int = 2,
         raise RuntimeError(
             f"{len(skipped)} of {len(items)} videos could not be decoded ({desc}), more than "
             f"max_bad_fraction={max_bad_fraction}: {shown}")
-    if skipped:
-        warnings.warn(f"{desc}: skipped {len(skipped)} of {len(items)} unreadable videos", stacklevel=2)
     return DecodedSplit(
         clips=torch.stack(clips),
         labels=torch.tensor([item.label for item in kept_items], dtype=torch.int64),
@@ -135,7 +158,7 @@ def decode_split(items: Sequence[VideoItem], spec: ClipSpec, workers: int = 2,
 def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary sibling, then rename over ``path`` (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -144,18 +167,66 @@ def save_atomic(obj: dict, path: Path) -> None:
             tmp.unlink()
 
 
+def _save_cache(obj: dict, path: Path) -> Path:
+    """Save to a temporary, checksum what landed, and rename it to its recorded name."""
+    tmp = temp_path(path)
+    try:
+        torch.save(obj, tmp)
+        final = recorded_name(path, tmp.stat().st_size, file_crc32(tmp))
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final
+
+
+def _load_verified(path: Path) -> tuple[DecodedSplit | None, str | None]:
+    problem = cache_problem(path)
+    if problem is not None:
+        return None, problem
+    try:
+        return DecodedSplit(**torch.load(path, mmap=True, weights_only=True)), None
+    except Exception as err:  # a checksum-clean file that torch cannot read: any error means decode again
+        return None, f"it cannot be loaded: {type(err).__name__}: {err}"
+
+
+def report_skipped(data: DecodedSplit, split: str, total: int) -> None:
+    """Warn that the split leaves out unreadable videos: on every load, so no run forgets them."""
+    if data.skipped:
+        warnings.warn(f"split {split!r}: skipped {len(data.skipped)} of {total} unreadable videos, left out of "
+                      f"this run: {preview(data.skipped)}", stacklevel=3)
+
+
 def load_or_decode(cache_dir: str, source_key: dict, split: str, items: Sequence[VideoItem], spec: ClipSpec,
                    workers: int = 2, max_bad_fraction: float = 0.05) -> DecodedSplit:
-    """Return the decoded split, decoding and caching it on first use."""
+    """Return the decoded split: a verified cache, or a decode (cached) on first use or when the cache is bad.
+
+    Raises:
+        OSError: the split must be decoded and ``cache_dir`` is not writable (before any decoding).
+        RuntimeError: too many unreadable videos (:func:`decode_split`).
+    """
     path = cache_file(cache_dir, source_key, split, items, spec)
-    if path.exists():
-        data = torch.load(path, mmap=True, weights_only=True)
-        return DecodedSplit(**data)
+    remove_stale_temps(path.parent)
+    for stored in stored_caches(path):
+        data, problem = _load_verified(stored)
+        if data is not None:
+            report_skipped(data, split, len(items))
+            return data
+        warnings.warn(f"decode cache {stored} is bad: {problem}. Removing it and decoding split {split!r} again.",
+                      stacklevel=2)
+        try:
+            stored.unlink()
+        except OSError:
+            pass
+    require_writable(path)
     decoded = decode_split(items, spec, workers, max_bad_fraction, desc=f"decoding {split} ({len(items)} videos)")
-    save_atomic(decoded.to_dict(), path)
+    _save_cache(decoded.to_dict(), path)
+    report_skipped(decoded, split, len(items))
     return decoded
 
 
 def cached_split_exists(cache_dir: str, source_key: dict, split: str, items: Sequence[VideoItem],
                         spec: ClipSpec) -> bool:
-    return cache_file(cache_dir, source_key, split, items, spec).exists()
+    """Whether a recorded cache of the split is stored (not verified: :func:`load_or_decode` does that)."""
+    path = cache_file(cache_dir, source_key, split, items, spec)
+    return any(has_record(p) for p in stored_caches(path))

@@ -26,10 +26,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..tsgf.multiformation import pack_tiles, unpack_tiles
+from ..tsgf.selection import check_clips_per_class
 from ..video import IMAGENET_MEAN, IMAGENET_STD
 from .cache import ClipSpec, DecodedSplit, load_or_decode
 from .decode import Sampling
 from .distilled import load_distilled
+from .integrity import check_classes
 from .sources import VideoItem, VideoSource, validation_split
 from .transforms import ClipTransform, center_crop
 
@@ -223,23 +225,37 @@ class VideoDataModule(L.LightningDataModule):
         return ClipSpec(self.frames, self.resize, self.hparams.sampling, self.hparams.gap, positions)
 
     def split(self, name: Literal["fit", "val", "test"]) -> DecodedSplit:
-        """A decoded real split (``fit`` = training videos minus the validation carve-out)."""
+        """A decoded real split (``fit`` = training videos minus the validation carve-out).
+
+        Every load warns about the split's unreadable videos; ``fit`` without a clip of some class raises
+        (:func:`~tsgf_lightning.data.integrity.check_classes`).
+        """
         if name not in self._splits:
-            items = self._items()[name]
-            if not items:
-                raise ValueError(f"split {name!r} of {type(self.source).__name__} is empty")
-            self._splits[name] = load_or_decode(self.hparams.cache_dir, self.source.cache_key(), name, items,
-                                                self._spec(name), self.hparams.decode_workers,
-                                                self.hparams.max_bad_fraction)
+            self._load_split(name, self._items()[name])
         return self._splits[name]
 
+    def _load_split(self, name: str, items: list[VideoItem]) -> None:
+        if not items:
+            raise ValueError(f"split {name!r} of {type(self.source).__name__} is empty")
+        data = load_or_decode(self.hparams.cache_dir, self.source.cache_key(), name, items, self._spec(name),
+                              self.hparams.decode_workers, self.hparams.max_bad_fraction)
+        check_classes(name, data.labels.tolist(), data.skipped, items, self.class_names)
+        self._splits[name] = data
+
+    def skipped_videos(self) -> dict[str, list[str]]:
+        """The unreadable videos each loaded split left out: ``{split: [path, ...]}`` (``[]`` if none).
+
+        Filled by :meth:`prepare_data` and :meth:`setup` (only the splits loaded so far; no decoding here).
+        """
+        return {name: list(data.skipped) for name, data in self._splits.items()}
+
     def prepare_data(self) -> None:
-        # Runs on one process per node: decode (or find) every split this run can need.
+        # Runs on one process per node: decode (or find and verify) every split this run can need. The splits
+        # are kept, so setup() in this process does not verify them again; other processes load their own.
         items = self._items()
         for name in ("fit", "val", "test"):
-            if items[name]:
-                load_or_decode(self.hparams.cache_dir, self.source.cache_key(), name, items[name],
-                               self._spec(name), self.hparams.decode_workers, self.hparams.max_bad_fraction)
+            if items[name] and name not in self._splits:
+                self._load_split(name, items[name])
 
     # ------------------------------------------------------------------ real clips at distilled size
     def real_clips(self, split: Literal["fit", "val", "test"] = "fit") -> tuple[Tensor, Tensor]:
@@ -252,21 +268,21 @@ class VideoDataModule(L.LightningDataModule):
         k = data.clips.shape[1] // 2
         return center_crop(data.clips[:, k], self.size), data.labels
 
-    def random_subset(self, ipc: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``ipc`` random real clips per class: ``(clips uint8 (N, C, T, size, size), labels, indices)``.
+    def random_subset(self, ipc: int, seed: int, factor: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        """``ipc * factor^2`` random real clips per class: ``(clips uint8 (N, C, T, size, size), labels, indices)``.
 
         Classes in label order, clips of a class in draw order; ``indices`` point into ``split("fit")``.
-        Raises if some class has fewer than ``ipc`` training videos.
+        ``factor`` is the multi-formation factor the clips will be packed with (``factor x factor`` per
+        stored video). Raises, naming the class, ``ipc`` and ``factor``, if some class has too few training videos.
         """
         clips, labels = self.real_clips("fit")
+        check_clips_per_class(labels, self.class_names, ipc, factor)
+        k = ipc * factor * factor
         gen = torch.Generator().manual_seed(seed)
         chosen = []
         for c in range(self.num_classes):
             members = torch.nonzero(labels == c).flatten()
-            if len(members) < ipc:
-                raise ValueError(f"class {self.class_names[c]!r} has {len(members)} training videos, fewer than "
-                                 f"ipc={ipc}")
-            chosen.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
+            chosen.append(members[torch.randperm(len(members), generator=gen)[:k]])
         idx = torch.cat(chosen)
         return clips[idx], labels[idx], idx
 
@@ -282,12 +298,16 @@ class VideoDataModule(L.LightningDataModule):
                 data = self.split("fit")
                 self.train_data = self._train_dataset(data.clips, data.labels)
             elif self.train_set == "random":
-                clips, labels, _ = self.random_subset(h.ipc * h.subset_factor ** 2, h.subset_seed)
+                clips, labels, _ = self.random_subset(h.ipc, h.subset_seed, h.subset_factor)
                 # Pack into the stored budget, then serve the tiles: exactly what a distilled set would hold.
                 stored = pack_tiles(clips.float() / 255.0, h.subset_factor)
                 self.train_data = self._train_dataset(unpack_tiles(stored, h.subset_factor), labels)
             elif self.train_set == "distilled":
-                d = load_distilled(h.distilled_path, self.num_classes, self.frames, self.size)
+                d = load_distilled(h.distilled_path, self.class_names, self.frames, self.size, self.mean, self.std)
+                # What the set records about its making (teacher, method, ...), for the module's own checks:
+                # Lightning runs this before the LightningModule's setup.
+                self.distilled_meta = {k: v for k, v in d.items() if k not in ("videos", "labels")}
+                self.distilled_meta["path"] = str(h.distilled_path)
                 factor = int(d.get("factor", 1))
                 labels = d["labels"].repeat_interleave(factor * factor)
                 self.train_data = self._train_dataset(unpack_tiles(d["videos"].float(), factor), labels)

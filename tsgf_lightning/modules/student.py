@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -48,6 +49,36 @@ def student_mix(video: Tensor, mode: MixMode, generator: torch.Generator, mean, 
     else:
         gate = torch.ones(B, T, dtype=torch.bool, device=video.device)
     return gated_videomix(video, partner, boxes, gate), partner, mixed_fraction(boxes, gate, H, W).to(video)
+
+
+def compare_teachers(distilled_meta: dict | None, teacher_record: dict) -> bool | None:
+    """Whether a distilled set was made through the teacher that relabels it, warning when it was not.
+
+    Evaluating a set through another teacher is legitimate (cross-teacher tables), so it is reported,
+    not refused; unnoticed, it makes a result read as the set's own.
+
+    Args:
+        distilled_meta: the set's entries other than videos and labels (``VideoDataModule.distilled_meta``),
+            or None when the student trains on no distilled set.
+        teacher_record: :func:`~tsgf_lightning.modules.frozen.load_teacher`'s record (``sha256``, ``path``).
+
+    Returns:
+        None when there is no set or it records no teacher (random and coreset selections write ""),
+        else whether the two checkpoints' sha256 digests are equal.
+    """
+    made_with = (distilled_meta or {}).get("teacher_sha256") or ""
+    if not made_with:
+        return None
+    if made_with == teacher_record["sha256"]:
+        return True
+    set_teacher = (distilled_meta.get("config") or {}).get("teacher_ckpt")
+    through = f"teacher {set_teacher}" if set_teacher else "a teacher"
+    rank_zero_warn(f"distilled set {distilled_meta.get('path', '')} was distilled through {through} (sha256 "
+                   f"{made_with[:12]}...) but this student's teacher {teacher_record['path']} is another checkpoint "
+                   f"(sha256 {teacher_record['sha256'][:12]}...): its soft labels come from a network the set was "
+                   "not optimised against. Fine for a cross-teacher evaluation; otherwise set `teacher_ckpt` to "
+                   "the set's teacher")
+    return False
 
 
 class StudentModule(VideoClassifierModule):
@@ -95,6 +126,8 @@ class StudentModule(VideoClassifierModule):
             raise ValueError(f"Expected argument `mix_prob` to be in [0, 1] but got {mix_prob}")
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.teacher = None
+        #: Whether the distilled set was made through this student's teacher (:func:`compare_teachers`).
+        self.distilled_teacher_match: bool | None = None
 
     def setup(self, stage: str) -> None:
         if self.teacher is not None or not self.hparams.teacher_ckpt:
@@ -102,6 +135,8 @@ class StudentModule(VideoClassifierModule):
         dm = self.trainer.datamodule
         self.teacher, self.teacher_record = load_teacher(self.hparams.teacher_ckpt, self.num_classes, None,
                                                          dm.class_names, dm.frames, dm.size)
+        # The DataModule's setup (which loads the set) has run: Lightning calls it before the module's.
+        self.distilled_teacher_match = compare_teachers(getattr(dm, "distilled_meta", None), self.teacher_record)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         h = self.hparams

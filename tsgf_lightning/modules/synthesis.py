@@ -19,7 +19,6 @@ so a run can resume on any number of ranks. At the end of fit the set is exporte
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import lightning as L
@@ -29,17 +28,21 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..export import export_distilled
+from ..export import SYNTHESIS_EXTRAS, export_distilled, plain_types
 from ..select import select as select_clips
 from ..strategy import ShardedSynthesisStrategy
 from ..tsgf import BNStatistics, key_frames, temporal_saliency, tsgf_mask
+from ..tsgf.augment import apply_crop_flip, crop_flip_thetas
 from ..tsgf.multiformation import pack_tiles, tile_map, unpack_tiles
-from ..video import denormalize, normalize, pixel_bounds
+from ..tsgf.saturation import MAX_SATURATED_FRACTION, check_saturation
+from ..video import at_pixel_bounds, denormalize, normalize, pixel_bounds
 from ..visualize import frame_grid, saliency_map
 from .classifier import Backbone, Schedule, lr_lambda
 from .frozen import drop_teacher_weights, load_teacher, restore_teacher_weights
 
 MaskShape = Literal["none", "eq8", "binary"]
+
+__all__ = ["SynthesisModule", "apply_crop_flip", "crop_flip_thetas", "shard_classes"]
 
 
 def shard_classes(num_classes: int, world_size: int, rank: int) -> range:
@@ -50,33 +53,6 @@ def shard_classes(num_classes: int, world_size: int, rank: int) -> range:
     base, extra = divmod(num_classes, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
-
-
-def crop_flip_thetas(n: int, generator: torch.Generator, scale: tuple[float, float], flip: bool) -> Tensor:
-    """Affine matrices ``(n, 2, 3)`` of a random resized crop (area ``scale``, aspect 3/4..4/3) and optional flip.
-
-    In ``affine_grid``'s normalised coordinates: the crop has half-sizes ``(w, h)`` (1 = whole frame),
-    centre ``(cx, cy)`` inside the frame; a flip negates the x scale.
-    """
-    area = torch.empty(n).uniform_(*scale, generator=generator)
-    log_r = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
-    w = torch.sqrt(area * log_r.exp()).clamp(max=1.0)
-    h = torch.sqrt(area / log_r.exp()).clamp(max=1.0)
-    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
-    sx = torch.where(torch.rand(n, generator=generator) < 0.5, -w, w) if flip else w
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
-    return theta
-
-
-def apply_crop_flip(videos: Tensor, theta: Tensor) -> Tensor:
-    """Differentiably crop/flip ``(N, C, T, H, W)`` with one ``theta`` per video (the same for all frames)."""
-    N, C, T, H, W = videos.shape
-    grid = F.affine_grid(theta.to(videos), [N, C * T, H, W], align_corners=False)
-    out = F.grid_sample(videos.reshape(N, C * T, H, W), grid, mode="bilinear", padding_mode="reflection",
-                        align_corners=False)
-    return out.reshape(N, C, T, H, W)
 
 
 class _AllReduceSum:
@@ -118,6 +94,10 @@ class SynthesisModule(L.LightningModule):
         signed_mask: the Appendix-E ablation: the mask may flip the gradient's sign.
         window_length, window, eps, eps_mode: saliency smoothing (Eq. 7) and threshold (Eq. 8).
         seed: seed of the per-step augmentation.
+        max_saturated_fraction: the share of the pixels a step can move that may sit at 0 or 1 beyond
+            the initialisation's share; checked after every update, before anything is saved: above it
+            the run stops (the clamp turns a divergence into a black-and-white set, never a NaN). The
+            measurements behind the default: :mod:`~tsgf_lightning.tsgf.saturation`.
         export_dir: where ``distilled.pt`` and pictures go at the end of fit (default: the logger's dir).
         image_every_n_steps: TensorBoard frame grids / saliency maps every this many steps (0 = never).
     """
@@ -150,6 +130,7 @@ class SynthesisModule(L.LightningModule):
         eps: float = 0.5,
         eps_mode: Literal["absolute", "quantile"] = "quantile",
         seed: int = 0,
+        max_saturated_fraction: float = MAX_SATURATED_FRACTION,
         export_dir: str | None = None,
         image_every_n_steps: int = 200,
     ):
@@ -160,6 +141,9 @@ class SynthesisModule(L.LightningModule):
             raise ValueError(f"Expected argument `factor` to be >= 1 but got {factor}")
         if lr <= 0:
             raise ValueError(f"Expected argument `lr` to be > 0 but got {lr}")
+        if not 0.0 < max_saturated_fraction <= 1.0:
+            raise ValueError(f"Expected argument `max_saturated_fraction` to be in (0, 1] but got "
+                             f"{max_saturated_fraction}")
         if signed_mask and mask != "eq8":
             raise ValueError(f"Expected `signed_mask` only with `mask: eq8` but got mask={mask!r}")
         self.save_hyperparameters(ignore=["teacher_backbone"])
@@ -169,6 +153,10 @@ class SynthesisModule(L.LightningModule):
         self.videos: nn.Parameter | None = None
         self._mask: Tensor | None = None
         self._before_step: Tensor | None = None
+        self._moved: Tensor | None = None  # (n * factor^2, T): frames the mask has let move in this process
+        self._moving = 1.0  # their share of the whole set's voxels
+        self.saturated_fraction: float | None = None  # share of pixel values at 0 or 1, whole set
+        self.init_saturated_fraction: float | None = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -178,8 +166,8 @@ class SynthesisModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.videos is not None:
             return
-        # Fix (tests/test_synthesis.py): plain `ddp` used to run silently, DDP broadcasting rank 0's
-        # videos over the other ranks' shards and averaging their gradients (a wrong set, no error).
+        # Plain `ddp` would run without an error and make a wrong set: DDP broadcasts rank 0's videos over
+        # the other ranks' shards and averages their gradients.
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy) and not isinstance(strategy, ShardedSynthesisStrategy):
             raise ValueError(
@@ -200,8 +188,8 @@ class SynthesisModule(L.LightningModule):
         labels = torch.arange(self.num_classes).repeat_interleave(self.ipc)
         if h.init == "real":
             # ipc * factor^2 clips per class, class-major; packing keeps each run of factor^2 in one video.
-            clips, _, fit_idx = select_clips(dm, h.init_select, self.ipc * self.factor ** 2, h.init_seed,
-                                             teacher_ckpt=h.teacher_ckpt)
+            clips, _, fit_idx = select_clips(dm, h.init_select, self.ipc, h.init_seed, teacher_ckpt=h.teacher_ckpt,
+                                             factor=self.factor)
             stored = pack_tiles(clips.float() / 255.0, self.factor)
             init = normalize(stored[index], self.mean, self.std)
             paths = dm.split("fit").paths
@@ -215,8 +203,10 @@ class SynthesisModule(L.LightningModule):
         self.videos = nn.Parameter(torch.maximum(torch.minimum(init, hi), lo).to(self.device))
         self.register_buffer("labels", labels[index].to(self.device))
         self.register_buffer("global_index", index.to(self.device))
-        # The saliency of the initialisation, for `mask_source: init` (recomputed identically on resume).
+        # The saliency of the initialisation, for `mask_source: init`, and its saturation, the baseline of
+        # `max_saturated_fraction` (both recomputed identically on resume, before the checkpoint loads).
         self._init_saliency = self._saliency()
+        self.init_saturated_fraction = self._measure_saturation()
 
     @property
     def _world(self) -> int:
@@ -275,6 +265,13 @@ class SynthesisModule(L.LightningModule):
     def _sum_over_ranks(self, t: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(t, reduce_op="sum") if self._world > 1 else t
 
+    def _measure_saturation(self) -> float:
+        """Share of the whole set's pixel values at 0 or 1 (every rank's shard; a collective: call on all ranks)."""
+        with torch.no_grad():
+            count = at_pixel_bounds(self.videos.detach(), self.mean, self.std).sum().float()
+            self.saturated_fraction = float(self._sum_over_ranks(count)) / (self.n_global * self.videos[0].numel())
+        return self.saturated_fraction
+
     def _saliency(self) -> Tensor:
         """Per-clip, per-frame saliency ``(n * factor^2, T)`` of the current videos (Eq. 6-7, pixel space)."""
         h = self.hparams
@@ -288,6 +285,9 @@ class SynthesisModule(L.LightningModule):
         with torch.no_grad():
             saliency = self._init_saliency if h.mask_source == "init" else self._saliency()
             mask = tsgf_mask(saliency, h.eps, h.eps_mode, h.mask, h.signed_mask)  # (n * factor^2, T)
+            # Adam keeps moving a frame whose mask was once non-zero; tiles and frames are equal shares of a video.
+            self._moved = (mask != 0) if self._moved is None else self._moved | (mask != 0)
+            self._moving = float(self._sum_over_ranks(self._moved.sum().float())) / (self.n_clips * mask.shape[1])
         self.log("train/frames_frozen", (mask == 0).float().mean())
         self.log("train/mask_mean", mask.mean())
         H, W = self.videos.shape[-2:]
@@ -298,10 +298,9 @@ class SynthesisModule(L.LightningModule):
             self._mask, self._before_step = m, self.videos.detach().clone()
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        # Fix (tests/test_synthesis.py, resume equality): the update mask and the clamp used to run in
-        # `on_train_batch_end`, which Lightning calls *after* the callbacks' `on_train_batch_end`, so
-        # ModelCheckpoint(every_n_train_steps) saved unmasked, unclamped videos and a resumed run
-        # diverged from an uninterrupted one. Here they complete the step itself, before any callback.
+        # The update mask, the clamp and the saturation check complete the step here, before any callback:
+        # Lightning calls the module's `on_train_batch_end` after the callbacks' (ModelCheckpoint's), which
+        # would save unmasked, unclamped (or saturated) videos and make a resumed run differ.
         optimizer.step(closure=optimizer_closure)
         with torch.no_grad():
             if self._before_step is not None:
@@ -310,6 +309,9 @@ class SynthesisModule(L.LightningModule):
                 self._mask = self._before_step = None
             lo, hi = pixel_bounds(self.mean, self.std, self.videos)
             self.videos.copy_(torch.maximum(torch.minimum(self.videos, hi), lo))
+        self.log("train/saturated_fraction", self._measure_saturation())
+        check_saturation(self.global_step, self.saturated_fraction, self.init_saturated_fraction, self._moving,
+                         self.hparams.max_saturated_fraction, self.hparams.lr)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         every = self.hparams.image_every_n_steps
@@ -341,7 +343,8 @@ class SynthesisModule(L.LightningModule):
                 "ipc": self.ipc, "factor": self.factor, "mean": list(self.mean), "std": list(self.std),
                 "method": "tsgf" if h.mask != "none" else "sre2l",
                 "teacher_sha256": self.teacher_record["sha256"], "teacher_arch": self.teacher_record["arch"],
-                "init_paths": self.init_paths, "config": _plain(dict(h))}
+                "init_paths": self.init_paths, "saturated_fraction": self.saturated_fraction,
+                "init_saturated_fraction": self.init_saturated_fraction, "config": plain_types(dict(h))}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # World-size-free checkpoint: whole tensors, built as new dicts (the nested optimiser dicts
@@ -356,6 +359,7 @@ class SynthesisModule(L.LightningModule):
                                for k, v in st.items()} for pid, st in opt["state"].items()}
             states.append({**opt, "state": per_param})
         checkpoint["optimizer_states"] = states
+        self._measure_saturation()
         checkpoint["tsgf"] = self._record()
         drop_teacher_weights(checkpoint)
 
@@ -375,6 +379,7 @@ class SynthesisModule(L.LightningModule):
 
     def on_fit_end(self) -> None:
         videos, labels = self.full_set()
+        self._measure_saturation()
         if self.global_rank != 0:
             return
         out = self.hparams.export_dir or self.trainer.log_dir or self.trainer.default_root_dir
@@ -382,8 +387,7 @@ class SynthesisModule(L.LightningModule):
         export_distilled(out, videos.cpu(), labels.cpu(), self.class_names, self.ipc, list(self.mean),
                          list(self.std), method=record["method"], teacher_sha256=record["teacher_sha256"],
                          config=record["config"], factor=self.factor,
-                         extra={"init_paths": self.init_paths, "teacher_arch": record["teacher_arch"],
-                                "steps": int(self.global_step)})
+                         extra={**{k: record[k] for k in SYNTHESIS_EXTRAS}, "steps": int(self.global_step)})
 
     def _log_images(self) -> None:
         experiment = getattr(self.logger, "experiment", None)
@@ -401,13 +405,3 @@ class SynthesisModule(L.LightningModule):
         experiment.add_image("synthesis/frames", frame_grid(pixels), self.global_step)
         experiment.add_image("synthesis/saliency", saliency_map(s, key), self.global_step)
 
-
-def _plain(value):
-    """Hyper-parameters as JSON-like plain types (checkpoints load with weights_only=True)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    return str(value)

@@ -65,6 +65,28 @@ def confident(logits: Tensor, label: int, k: int) -> Tensor:
     return logits.log_softmax(1)[:, label].argsort(descending=True)[:k]
 
 
+def check_clips_per_class(labels: Tensor, class_names: list[str], ipc: int, factor: int = 1) -> None:
+    """Raise unless every class has the ``ipc * factor^2`` clips a set of ``ipc`` stored videos per class needs.
+
+    With multi-formation each stored video packs ``factor x factor`` clips, so the requirement is
+    ``factor^2`` times the IPC a user asked for; the message says so, naming the first short class.
+
+    Args:
+        labels: ``(N,)`` class of every candidate clip.
+        class_names: names in label order.
+    """
+    for name, value in (("ipc", ipc), ("factor", factor)):
+        if value < 1:
+            raise ValueError(f"Expected argument `{name}` to be >= 1 but got {value}")
+    need = ipc * factor * factor
+    counts = torch.bincount(labels, minlength=len(class_names))
+    for c, name in enumerate(class_names):
+        if int(counts[c]) < need:
+            raise ValueError(f"class {name!r} has {int(counts[c])} training videos, fewer than ipc={ipc} x factor^2 "
+                             f"{factor * factor} = {need} clips needed (each stored video packs factor x factor "
+                             "clips): lower `ipc` or `factor`")
+
+
 def select_per_class(labels: Tensor, k: int, method: Selection, features: Tensor | None = None,
                      logits: Tensor | None = None) -> Tensor:
     """Run ``method`` within each class; returns indices (class-major, selection order within a class)."""

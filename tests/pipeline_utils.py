@@ -1,0 +1,51 @@
+"""Helpers of the pipeline tests: configs/embedded shrunk to seconds per stage, and the pipeline's CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED = REPO / "configs" / "embedded"
+FOUR = ["full", "random", "random+student", "tsgf"]
+
+
+def _put(cfg: dict, key: str, value) -> None:
+    *head, last = key.split(".")
+    for k in head:
+        cfg = cfg.setdefault(k, {})
+    cfg[last] = value
+
+
+def make_config_dir(out: Path, data, cache_dir: str, pipeline: dict) -> Path:
+    """configs/embedded/*.yaml shrunk to seconds per stage on ``data`` (conftest's ``tiny_embedded``)."""
+    out.mkdir(parents=True)
+    for stage in ("teacher", "synthesis", "student"):
+        cfg = yaml.safe_load((EMBEDDED / f"{stage}.yaml").read_text())
+        _put(cfg, "data.source.init_args", data.init_args())
+        _put(cfg, "data.cache_dir", cache_dir)
+        _put(cfg, "data.num_workers", 0)
+        if stage == "synthesis":
+            _put(cfg, "trainer.max_steps", 3)
+            _put(cfg, "model.init_args.factor", 1)  # the tiny set has 3 clips a class, factor 2 needs 4
+        else:
+            _put(cfg, "trainer.max_epochs", 1)
+            _put(cfg, "trainer.num_sanity_val_steps", 0)
+            _put(cfg, "model.init_args.backbone.init_args.channels", [8, 8, 8])
+        if stage == "student":
+            _put(cfg, "data.train_repeats", 1)
+        (out / f"{stage}.yaml").write_text(yaml.safe_dump(cfg))
+    (out / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    return out
+
+
+def pipeline_command(config_dir: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "tsgf_lightning.pipeline", "--config-dir", str(config_dir), "--output-dir", str(out)]
+
+
+def run_cli(config_dir: Path, out: Path, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(pipeline_command(config_dir, out), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)

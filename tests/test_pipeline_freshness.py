@@ -1,0 +1,200 @@
+"""A rerun never reports a stale number: fingerprints, stale stages, superseded outputs kept aside.
+
+Each test works on a copy of conftest's ``finished_pipeline`` (teacher, synthesis and six students
+on the tiny embedded set), so the copy itself checks that a moved output dir is still the same set
+of stages (paths are not part of a fingerprint; contents are).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tsgf_lightning.fingerprint import IGNORED_KEYS, fingerprint, flatten, resolve_config
+from tsgf_lightning.freshness import FINGERPRINT_FILE, prepare_launch, statuses
+from tsgf_lightning.pipeline import PipelineError, load_pipeline_config, plan, resolve_stages, run_pipeline
+
+from .pipeline_utils import FOUR, run_cli
+
+STUDENTS = [f"student_{m}_ipc1_seed{s}" for m in FOUR[1:] for s in (0, 1)]
+TSGF_STUDENTS = ["student_tsgf_ipc1_seed0", "student_tsgf_ipc1_seed1"]
+
+
+@pytest.fixture
+def copied(finished_pipeline, tmp_path):
+    """``(config dir, OUT)``: a private copy of the finished run."""
+    cfg, out, _ = finished_pipeline
+    shutil.copytree(cfg, tmp_path / "cfg")
+    shutil.copytree(out, tmp_path / "out", symlinks=True)
+    return tmp_path / "cfg", tmp_path / "out"
+
+
+def edit(path: Path, key: str, value) -> None:
+    cfg = yaml.safe_load(path.read_text())
+    *head, last = key.split(".")
+    node = cfg
+    for k in head:
+        node = node.setdefault(k, {})
+    node[last] = value
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def current_statuses(cfg: Path, out: Path) -> dict:
+    stages = plan(cfg, out, load_pipeline_config(cfg / "pipeline.yaml"))
+    return statuses(stages, resolve_stages(stages))
+
+
+def stage_lines(stdout: str) -> dict[str, str]:
+    """``{stage title: what happened}`` from the pipeline's ``[i/n] title ... event`` lines."""
+    lines = [line.split("] ", 1)[1] for line in stdout.splitlines() if line.startswith("[")]
+    return dict(line.split(" ... ", 1) for line in lines)
+
+
+def test_the_fingerprint_hashes_the_resolved_config_and_the_inputs_contents(finished_pipeline):
+    cfg, out, _ = finished_pipeline
+    teacher = out / "teacher" / "checkpoints" / "last.ckpt"
+    resolved = resolve_config(cfg / "student.yaml", [f"--model.init_args.teacher_ckpt={teacher}",
+                                                      "--data.train_set=random"])
+    fp = fingerprint(resolved)
+    # defaults the YAML never states are part of it; paths and speed knobs are not
+    assert fp["config"]["model.init_args.temperature"] == 4.0 and fp["config"]["model.init_args.mix_alpha"] == 1.0
+    assert not [k for k in fp["config"] if any(k == i or k.startswith(i + ".") for i in IGNORED_KEYS)]
+    import hashlib
+    assert fp["inputs"]["teacher"] == hashlib.sha256(teacher.read_bytes()).hexdigest()
+    assert set(fp["inputs"]["data"]) == {"fit", "val", "test"}
+    # the recorded fingerprint is the one the pipeline computed at launch
+    result = json.loads((out / "students" / "tsgf" / "ipc1" / "seed0" / "result.json").read_text())
+    assert result["fingerprint"]["digest"] == json.loads(
+        (out / "students" / "tsgf" / "ipc1" / "seed0" / FINGERPRINT_FILE).read_text())["digest"]
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
+
+
+@pytest.mark.parametrize("file, key, value, stale, reason", [
+    ("teacher.yaml", "trainer.max_epochs", 2, ["teacher", "synthesis_ipc1", *STUDENTS], "trainer.max_epochs: 1 -> 2"),
+    ("synthesis.yaml", "trainer.max_steps", 4, ["synthesis_ipc1", *TSGF_STUDENTS], "trainer.max_steps: 3 -> 4"),
+    ("synthesis.yaml", "model.init_args.lr", 0.5, ["synthesis_ipc1", *TSGF_STUDENTS], "model.init_args.lr: 0.01 -> 0.5"),
+    ("student.yaml", "model.init_args.temperature", 2.0, STUDENTS, "model.init_args.temperature: 4.0 -> 2.0"),
+    ("student.yaml", "data.num_workers", 1, [], None),  # speed, not results: nothing reruns
+])
+def test_a_changed_key_makes_its_stage_and_everything_downstream_stale(copied, file, key, value, stale, reason):
+    cfg, out = copied
+    assert {s.state for s in current_statuses(cfg, out).values()} == {"done"}
+    edit(cfg / file, key, value)
+    status = current_statuses(cfg, out)
+    assert sorted(n for n, s in status.items() if s.state != "done") == sorted(stale)
+    assert {status[n].state for n in stale} <= {"stale"}
+    if reason:
+        assert reason in status[stale[0]].reasons  # the stage whose config changed names the key
+        for name in stale[1:]:  # and every other stale stage is downstream of it, or changed the same way
+            assert reason in status[name].reasons or any("runs again" in r for r in status[name].reasons)
+
+
+@pytest.mark.slow
+def test_rerun_after_changes_reruns_exactly_the_stale_stages_and_keeps_the_old_outputs(copied, subprocess_env):
+    cfg, out = copied
+    old_rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    old_set = out / "synthesis_ipc1" / "distilled.pt"
+    kept_copy = out.parent / "old_distilled.pt"
+    shutil.copy(old_set, kept_copy)
+
+    # a synthesis key: synthesis and the tsgf students run again, nothing else
+    edit(cfg / "synthesis.yaml", "trainer.max_steps", 4)
+    proc = run_cli(cfg, out, subprocess_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 stage(s) are stale" in proc.stdout and "synthesis ipc1: trainer.max_steps: 3 -> 4" in proc.stdout
+    events = stage_lines(proc.stdout)
+    ran = sorted(t for t, e in events.items() if e.startswith("done in"))
+    assert ran == ["student tsgf ipc1 seed0", "student tsgf ipc1 seed1", "synthesis ipc1"]
+    assert all(e.startswith("skipped") for t, e in events.items() if t not in ran)
+    assert json.loads((out / "synthesis_ipc1" / "result.json").read_text())["global_step"] == 4
+    [aside] = list((out / "superseded").iterdir())
+    assert filecmp.cmp(aside / "synthesis_ipc1" / "distilled.pt", kept_copy, shallow=False)  # nothing lost
+    assert (aside / "students" / "tsgf" / "ipc1" / "seed1" / "result.json").is_file()
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    assert rows["tsgf"]["fingerprints"] != old_rows["tsgf"]["fingerprints"]
+    for method in ("full", "random", "random+student"):
+        assert rows[method]["fingerprints"] == old_rows[method]["fingerprints"]
+
+    # a student key: only the students run again
+    edit(cfg / "student.yaml", "model.init_args.temperature", 2.0)
+    proc = run_cli(cfg, out, subprocess_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = stage_lines(proc.stdout)
+    assert sorted(t for t, e in events.items() if e.startswith("done in")) == sorted(
+        f"student {m} ipc1 seed{s}" for m in FOUR[1:] for s in (0, 1))
+    assert events["teacher"].startswith("skipped") and events["synthesis ipc1"].startswith("skipped")
+    hp = yaml.safe_load((out / "students" / "random" / "ipc1" / "seed0" / "hparams.yaml").read_text())
+    assert hp["temperature"] == 2.0
+
+
+@pytest.mark.slow
+def test_an_unreadable_result_is_named_and_its_stage_reruns(copied, subprocess_env):
+    cfg, out = copied
+    broken = out / "students" / "random" / "ipc1" / "seed0" / "result.json"
+    broken.write_text("")
+    status = current_statuses(cfg, out)
+    assert status["student_random_ipc1_seed0"].state == "stale"
+    [reason] = status["student_random_ipc1_seed0"].reasons
+    assert str(broken) in reason and "cannot be read" in reason and "JSONDecodeError" in reason
+    assert [n for n, s in status.items() if s.state != "done"] == ["student_random_ipc1_seed0"]
+    proc = run_cli(cfg, out, subprocess_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert str(broken) in proc.stdout
+    assert "test" in json.loads(broken.read_text())
+    [aside] = list((out / "superseded").iterdir())
+    assert (aside / "students" / "random" / "ipc1" / "seed0" / "result.json").read_text() == ""
+
+
+def test_an_interrupted_run_under_another_config_is_set_aside_not_resumed(copied):
+    cfg, out = copied
+    run = out / "synthesis_ipc1"
+    (run / "result.json").unlink()
+    status = current_statuses(cfg, out)
+    assert status["synthesis_ipc1"].state == "resume"  # same fingerprint: it continues where it stopped
+    edit(cfg / "synthesis.yaml", "model.init_args.bn_weight", 0.5)
+    stages = {st.name: st for st in plan(cfg, out, load_pipeline_config(cfg / "pipeline.yaml"))}
+    resolved = resolve_stages(list(stages.values()))
+    status = statuses(list(stages.values()), resolved)
+    assert status["synthesis_ipc1"].state == "stale"
+    assert "model.init_args.bn_weight: 0.001 -> 0.5" in status["synthesis_ipc1"].reasons[0]
+    old_ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    fp, moved = prepare_launch(stages["synthesis_ipc1"], resolved["synthesis_ipc1"], out, out / "superseded" / "t")
+    assert moved == [out / "superseded" / "t" / "synthesis_ipc1"]
+    assert sorted(p.name for p in (moved[0] / "checkpoints").iterdir()) == old_ckpts  # kept, not deleted
+    assert sorted(p.name for p in run.iterdir()) == [FINGERPRINT_FILE]  # nothing left to resume from
+    assert json.loads((run / FINGERPRINT_FILE).read_text())["digest"] == fp["digest"]
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused_before_anything(tmp_path, finished_pipeline):
+    cfg, _, _ = finished_pipeline
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(PipelineError, match=r"cannot write the output dir .*a-file/out: .*a-file is not a directory"):
+        run_pipeline(cfg, blocker / "out")
+
+
+@pytest.mark.slow
+def test_unreadable_videos_are_reported_on_every_run_in_the_console_and_results_md(tmp_path, tiny_embedded,
+                                                                                   shared_cache_dir, subprocess_env):
+    from .pipeline_utils import make_config_dir
+
+    root = tiny_embedded.copy_to(tmp_path / "videos")  # VideoFolder layout: root/{train,test}/<class>/*.mkv
+    bad = sorted((root / "train").rglob("*.mkv"))[5]
+    bad.write_bytes(b"not a video")
+    cfg = make_config_dir(tmp_path / "cfg", tiny_embedded, shared_cache_dir, {"ipc": [1], "seeds": 1,
+                                                                            "methods": ["full"]})
+    edit(cfg / "teacher.yaml", "data.source", {"class_path": "tsgf_lightning.data.sources.VideoFolder",
+                                               "init_args": {"root": str(root)}})
+    out = tmp_path / "out"
+    for attempt in ("first run", "rerun, every stage skipped"):
+        proc = run_cli(cfg, out, subprocess_env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"warning: 1 unreadable video(s) left out of the 'fit' split: {bad}" in proc.stdout, attempt
+    assert "skipped" in stage_lines(proc.stdout)["teacher"]
+    md = (out / "results.md").read_text()
+    assert "## Unreadable videos" in md and f"`fit`: 1 skipped: `{bad}`" in md
