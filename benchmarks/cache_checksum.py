@@ -40,15 +40,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _report import write_report
+
+from tsgf_lightning.data.integrity import CHECK_CHUNK, cache_problem, file_crc32, recorded_name
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _report import write_report  # noqa: E402
-
-from tsgf_lightning.data.integrity import CHECK_CHUNK, cache_problem, file_crc32, recorded_name  # noqa: E402
-
 GB = 1e9
 MIB = 1 << 20
 #: Everything below this line of the results file is hand-written and kept when the table is rewritten.

@@ -36,17 +36,14 @@ from pathlib import Path
 
 import torch
 import yaml
+from _report import write_report
+
+from tsgf_lightning.data.cache import load_or_decode
+from tsgf_lightning.data.datamodule import VideoDataModule
+from tsgf_lightning.data.sources import UCF101, Embedded, VideoSource
+from tsgf_lightning.models import MiniC3D
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _report import write_report  # noqa: E402
-
-from tsgf_lightning.data.cache import load_or_decode  # noqa: E402
-from tsgf_lightning.data.datamodule import VideoDataModule  # noqa: E402
-from tsgf_lightning.data.sources import UCF101, Embedded, VideoSource  # noqa: E402
-from tsgf_lightning.models import MiniC3D  # noqa: E402
 
 #: Everything below this line of the results file is hand-written and kept when the tables are rewritten.
 

@@ -46,14 +46,18 @@ from pathlib import Path
 
 import yaml
 
+from tsgf_lightning.freshness import statuses
+from tsgf_lightning.pipeline import (
+    PipelineError,
+    collect_runs,
+    load_pipeline_config,
+    plan,
+    resolve_stages,
+    run_pipeline,
+)
+from tsgf_lightning.results import aggregate, plot_accuracy_vs_ipc, read_results, write_results
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tsgf_lightning.freshness import statuses  # noqa: E402
-from tsgf_lightning.pipeline import (PipelineError, collect_runs, load_pipeline_config, plan,  # noqa: E402
-                                     resolve_stages, run_pipeline)
-from tsgf_lightning.results import aggregate, plot_accuracy_vs_ipc, read_results, write_results  # noqa: E402
-
 TEMPLATES = REPO / "configs" / "ucf101_mini9"
 LAYOUTS = {
     "ucf101": "tsgf_lightning.data.sources.UCF101",
@@ -172,7 +176,8 @@ def search(args, out: Path) -> tuple[float, float]:
         f"on a carve-out of {args.search_val_fraction:.0%} of the training videos (by source group; its own teacher "
         f"trained on the rest). Chosen: lr {best['lr']}, bn_weight {best['bn_weight']}. Full table: "
         f"search/results.md\n\n" + "\n".join(lines) + "\n")
-    print(f"search: chose lr {best['lr']}, bn_weight {best['bn_weight']} (val top-1 {best['val_top1']:.3f})", flush=True)
+    print(f"search: chose lr {best['lr']}, bn_weight {best['bn_weight']} (val top-1 {best['val_top1']:.3f})",
+          flush=True)
     return best["lr"], best["bn_weight"]
 
 

@@ -30,33 +30,31 @@ import argparse
 import functools
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import lightning as L
+import torch
+from torch.nn import functional as F
+
+from tsgf_lightning.data.datamodule import VideoDataModule
+from tsgf_lightning.data.sources import Embedded
+from tsgf_lightning.models import MiniC3D
+from tsgf_lightning.modules.classifier import lr_lambda
+from tsgf_lightning.modules.frozen import load_teacher
+from tsgf_lightning.modules.synthesis import apply_crop_flip, crop_flip_thetas
+from tsgf_lightning.modules.teacher import TeacherModule
+from tsgf_lightning.tsgf import BNStatistics, temporal_saliency, tsgf_mask
+from tsgf_lightning.video import denormalize, normalize, pixel_bounds
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-
-from tsgf_lightning.data.datamodule import VideoDataModule  # noqa: E402
-from tsgf_lightning.data.sources import Embedded  # noqa: E402
-from tsgf_lightning.models import MiniC3D  # noqa: E402
-from tsgf_lightning.modules.classifier import lr_lambda  # noqa: E402
-from tsgf_lightning.modules.frozen import load_teacher  # noqa: E402
-from tsgf_lightning.modules.synthesis import apply_crop_flip, crop_flip_thetas  # noqa: E402
-from tsgf_lightning.modules.teacher import TeacherModule  # noqa: E402
-from tsgf_lightning.tsgf import BNStatistics, temporal_saliency, tsgf_mask  # noqa: E402
-from tsgf_lightning.video import denormalize, normalize, pixel_bounds  # noqa: E402
 
 BETAS, ADAM_EPS = (0.5, 0.9), 1e-8
 BINS = [(0.0, 0.0), (0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0), (1.0, math.inf)]
 
 
 class Adam:
-    """``torch.optim.Adam``'s update direction ``m_hat / (sqrt(v_hat) + eps)`` for one tensor (lr applied by the caller)."""
+    """``torch.optim.Adam``'s update direction ``m_hat / (sqrt(v_hat) + eps)`` for one tensor (lr applied by caller)."""
 
     def __init__(self, like: torch.Tensor):
         self.m, self.v, self.t = torch.zeros_like(like), torch.zeros_like(like), 0
@@ -162,8 +160,8 @@ def summarise(records, target: str, shape: str) -> list[str]:
         ratios = [r[1] for r in sel]
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         mean_m = statistics.fmean(r[0] for r in sel)
-        lines.append(f"| {target} | {shape} | {name} | {len(sel)} | {mean_m:.3f} | {q[1]:.3f} | {q[0]:.3f} - {q[2]:.3f} "
-                     f"| {moved(ratios)} |")
+        lines.append(f"| {target} | {shape} | {name} | {len(sel)} | {mean_m:.3f} | {q[1]:.3f} | "
+                     f"{q[0]:.3f} - {q[2]:.3f} | {moved(ratios)} |")
     if target == "gradient":
         zero = [r for r in records if r[0] == 0.0]
         carried = [r[1] for r in zero if r[3]]
@@ -182,8 +180,8 @@ def summarise(records, target: str, shape: str) -> list[str]:
                                ("m > 0, changed by more than x1.25 since last step", fast)):
                 if sel:
                     q = statistics.quantiles(sel, n=4)
-                    lines.append(f"| {target} | {shape} | {label} | {len(sel)} | | {q[1]:.3f} | {q[0]:.3f} - {q[2]:.3f} "
-                                 f"| {moved(sel)} |")
+                    lines.append(f"| {target} | {shape} | {label} | {len(sel)} | | {q[1]:.3f} | "
+                                 f"{q[0]:.3f} - {q[2]:.3f} | {moved(sel)} |")
     return lines
 
 

@@ -188,7 +188,8 @@ def test_config_dir_lacking_a_config_is_named(tmp_path, tiny_dir, missing):
 
 
 @pytest.mark.parametrize("pipeline, message", [
-    ({"ipc": [1], "methods": ["full", "tsfg"]}, r"unknown method\(s\) \['tsfg'\].*'full', 'random', 'random\+student', 'tsgf'"),
+    ({"ipc": [1], "methods": ["full", "tsfg"]},
+     r"unknown method\(s\) \['tsfg'\].*'full', 'random', 'random\+student', 'tsgf'"),
     ({"ipc": [0]}, r"`ipc`.*>= 1 but got 0"),
     ({"ipc": [1, -2]}, r"`ipc`.*>= 1 but got -2"),
     ({"ipc": []}, r"`ipc`"),

@@ -77,7 +77,8 @@ def test_the_fingerprint_hashes_the_resolved_config_and_the_inputs_contents(fini
 @pytest.mark.parametrize("file, key, value, stale, reason", [
     ("teacher.yaml", "trainer.max_epochs", 2, ["teacher", "synthesis_ipc1", *STUDENTS], "trainer.max_epochs: 1 -> 2"),
     ("synthesis.yaml", "trainer.max_steps", 4, ["synthesis_ipc1", *TSGF_STUDENTS], "trainer.max_steps: 3 -> 4"),
-    ("synthesis.yaml", "model.init_args.lr", 0.5, ["synthesis_ipc1", *TSGF_STUDENTS], "model.init_args.lr: 0.01 -> 0.5"),
+    ("synthesis.yaml", "model.init_args.lr", 0.5, ["synthesis_ipc1", *TSGF_STUDENTS],
+     "model.init_args.lr: 0.01 -> 0.5"),
     ("student.yaml", "model.init_args.temperature", 2.0, STUDENTS, "model.init_args.temperature: 4.0 -> 2.0"),
     ("student.yaml", "data.num_workers", 1, [], None),  # speed, not results: nothing reruns
 ])

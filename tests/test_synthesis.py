@@ -156,8 +156,8 @@ def write_config(world, run: Path, *, max_steps: int = 5, kill_at: int | None = 
 def run_cli(env: dict, config: Path | None, *extra: str, module: str = "tsgf_lightning", command: str | None = "fit",
             timeout: float = TIMEOUT) -> tuple[int, str]:
     """``python -m MODULE [COMMAND] --config CONFIG EXTRA`` in a new session; returns (exit code, output)."""
-    args = [sys.executable, "-m", module, *([command] if command else []), *(["--config", str(config)] if config else []),
-            *extra]
+    args = [sys.executable, "-m", module, *([command] if command else []),
+            *(["--config", str(config)] if config else []), *extra]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

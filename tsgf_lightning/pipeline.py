@@ -615,7 +615,8 @@ def skipped_videos(stages: list[Stage]) -> dict[str, list[str]]:
 
 def _failed(st: Stage, rc: int, log_path: Path) -> PipelineError:
     return PipelineError(f"stage {st.title} failed (exit code {rc}); its log is {log_path}. Last lines:\n"
-                         f"{_tail(log_path)}\nFix the cause and run the same command again: finished stages are skipped.")
+                         f"{_tail(log_path)}\nFix the cause and run the same command again: finished stages are "
+                         "skipped.")
 
 
 def _run_sequential(todo: list[Stage], numbered: dict, out: Path, bar, lock_fd: int, records: list, save,
@@ -688,7 +689,7 @@ def _run_parallel(todo: list[Stage], numbered: dict, out: Path, jobs: int, lock_
         raise PipelineError(f"interrupted during stages {names}; run the same command again to resume them "
                             "from their last checkpoints") from None
     finally:
-        for st, proc, log, _ in running.values():
+        for _st, proc, log, _ in running.values():
             _stop(proc)
             log.close()
 
@@ -736,9 +737,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config-dir", required=True, help="holds teacher/synthesis/student/pipeline.yaml")
     parser.add_argument("--output-dir", required=True, help="every stage's run dir, logs and the results")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the stages, whether each is done, new, resumed or stale (and why), and their commands")
+                        help="print the stages, whether each is done, new, resumed or stale (and why), and their "
+                             "commands")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="stages run at once (default: pipeline.yaml's `jobs`, else 1); each gets cores/jobs threads")
+                        help="stages run at once (default: pipeline.yaml's `jobs`, else 1); each gets cores/jobs "
+                             "threads")
     parser.add_argument("--bar", choices=["auto", "on", "off"], default="auto",
                         help="show the running stage's progress bar (auto: when stdout is a terminal)")
     args = parser.parse_args(argv)

@@ -129,11 +129,13 @@ def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None =
         out += ["## Unreadable videos", "",
                 "These videos could not be decoded and are not in the splits every number above was computed on:", ""]
         for split_name, paths in skipped.items():
-            shown = ", ".join(f"`{p}`" for p in paths[:20]) + (f" and {len(paths) - 20} more" if len(paths) > 20 else "")
+            more = f" and {len(paths) - 20} more" if len(paths) > 20 else ""
+            shown = ", ".join(f"`{p}`" for p in paths[:20]) + more
             out.append(f"- `{split_name}`: {len(paths)} skipped: {shown}")
         out.append("")
     if stages:
-        out += ["## Stages", "", "| # | stage | status | wall time | top-1 | fingerprint |", "|---|---|---|---|---|---|"]
+        out += ["## Stages", "", "| # | stage | status | wall time | top-1 | fingerprint |",
+                "|---|---|---|---|---|---|"]
         for i, s in enumerate(stages, 1):
             top1 = f"{100 * s['top1']:.1f}" if s.get("top1") is not None else ""
             fp = f"`{s['fingerprint']}`" if s.get("fingerprint") else ""

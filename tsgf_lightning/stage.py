@@ -1,6 +1,7 @@
 """Run one stage: ``fit`` (resuming from ``last`` when asked) and optionally ``test``, in one process.
 
-``python -m tsgf_lightning.stage --config FILE [--model.init_args.x=...] [--resume] [--validate] [--test] [--result OUT.json] [--fingerprint F.json]``
+``python -m tsgf_lightning.stage --config FILE [--model.init_args.x=...] [--resume] [--validate] [--test]
+[--result OUT.json] [--fingerprint F.json]``
 
 ``--validate`` records the validation carve-out's metrics after fit (how hyper-parameters are chosen,
 never on the test split). ``--fingerprint`` copies a fingerprint file (written by the pipeline from

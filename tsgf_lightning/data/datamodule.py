@@ -179,9 +179,9 @@ class VideoDataModule(L.LightningDataModule):
         max_bad_fraction: float = 0.05,
     ):
         super().__init__()
-        for name, value, low in (("frames", frames, 1), ("size", size, 1), ("ipc", ipc, 1), ("batch_size", batch_size, 1),
-                                 ("train_clips_per_video", train_clips_per_video, 1), ("train_repeats", train_repeats, 1),
-                                 ("subset_factor", subset_factor, 1)):
+        for name, value, low in (("frames", frames, 1), ("size", size, 1), ("ipc", ipc, 1),
+                                 ("batch_size", batch_size, 1), ("train_clips_per_video", train_clips_per_video, 1),
+                                 ("train_repeats", train_repeats, 1), ("subset_factor", subset_factor, 1)):
             if value < low:
                 raise ValueError(f"Expected argument `{name}` to be >= {low} but got {value}")
         if not 0.0 <= val_fraction < 1.0:

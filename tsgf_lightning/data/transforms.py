@@ -41,7 +41,8 @@ class ClipTransform(nn.Module):
             raise ValueError(f"Expected argument `size` to be >= 1 but got {size}")
         lo, hi = crop_scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"Expected argument `crop_scale` to be (lo, hi) with 0 < lo <= hi <= 1 but got {crop_scale}")
+            raise ValueError(f"Expected argument `crop_scale` to be (lo, hi) with 0 < lo <= hi <= 1 but got "
+                             f"{crop_scale}")
         self.mean, self.std = tuple(mean), tuple(std)
         if train:
             ops: list[nn.Module] = [v2.RandomResizedCrop(size, scale=(lo, hi), ratio=tuple(crop_ratio), antialias=True)]

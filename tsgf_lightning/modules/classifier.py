@@ -8,7 +8,8 @@ top-5 is capped at the number of classes (torchmetrics refuses ``top_k > num_cla
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import lightning as L
 import torch

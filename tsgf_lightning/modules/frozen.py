@@ -32,7 +32,7 @@ class FrozenTeacher(nn.Module):
         # put in eval), and Lightning 2.6 no longer calls `train()` at fit start to correct it.
         self.train(False)
 
-    def train(self, mode: bool = True) -> "FrozenTeacher":
+    def train(self, mode: bool = True) -> FrozenTeacher:
         return super().train(False)
 
     def forward(self, video: Tensor) -> Tensor:

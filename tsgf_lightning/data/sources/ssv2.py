@@ -93,5 +93,6 @@ def _read_labels(path: Path) -> list[str]:
     order = sorted(mapping, key=lambda name: int(mapping[name]))
     indices = [int(mapping[name]) for name in order]
     if indices != list(range(len(order))):
-        raise ValueError(f"{path}: expected class indices 0..{len(order) - 1} but got {preview([str(i) for i in indices])}")
+        raise ValueError(f"{path}: expected class indices 0..{len(order) - 1} but got "
+                         f"{preview([str(i) for i in indices])}")
     return order
