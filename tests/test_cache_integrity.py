@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tsgf_lightning.atomic import temp_sibling as temp_path
 from tsgf_lightning.data import cache
 from tsgf_lightning.data.cache import cache_file, decode_split, load_or_decode
 from tsgf_lightning.data.datamodule import VideoDataModule
-from tsgf_lightning.data.integrity import has_record, temp_path
+from tsgf_lightning.data.integrity import has_record
 from tsgf_lightning.data.sources import VideoFolder, validation_split
 
 from .test_cache import SOURCE, SPEC

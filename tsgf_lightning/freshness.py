@@ -52,7 +52,13 @@ def read_result(stage) -> tuple[dict | None, str | None]:
     return result, None
 
 
-def _incomplete(stage, result: dict) -> str | None:
+def incomplete(stage) -> str | None:
+    """Why the stage has not finished (no or unreadable result, a missing output or split), or None."""
+    if not stage.result.exists():
+        return f"it has no result {stage.result}"
+    result, unreadable = read_result(stage)
+    if unreadable:
+        return unreadable
     missing = [str(p) for p in stage.outputs if not p.exists()]
     if missing:
         return f"its output {missing[0]} is missing"
@@ -66,34 +72,39 @@ def stage_status(stage, resolved: dict, rerun: set[str]) -> Status:
     """The status of ``stage`` given its resolved config and the names of the stages that will run."""
     upstream = [n for n in stage.needs if n in rerun]
     if stage.result.exists():
-        result, unreadable = read_result(stage)
-        why = unreadable or _incomplete(stage, result)
+        why = incomplete(stage)
         if why:
             return Status("stale", [why])
         if upstream:
             return Status("stale", [f"stage {', '.join(upstream)} runs again"])
         current = fingerprint(resolved)
-        recorded = result.get("fingerprint")
-        if isinstance(recorded, dict) and recorded.get("digest") == current["digest"]:
+        recorded = _recorded(stage.result, "fingerprint")
+        if recorded is not None and recorded.get("digest") == current["digest"]:
             return Status("done", [], current["digest"])
-        return Status("stale", changes(recorded if isinstance(recorded, dict) else None, current), current["digest"])
-    started = run_dir(stage) / FINGERPRINT_FILE
-    if not started.exists():
-        here = run_dir(stage)
+        return Status("stale", changes(recorded, current), current["digest"])
+    here = run_dir(stage)
+    if not (here / FINGERPRINT_FILE).exists():
         if here.is_dir() and any(here.iterdir()):
             return Status("stale", ["interrupted with no recorded fingerprint (an older version): starts over"])
         return Status("new")
     if upstream:
         return Status("stale", [f"interrupted, and stage {', '.join(upstream)} runs again"])
-    try:
-        recorded = json.loads(started.read_text())
-    except (OSError, ValueError):
-        recorded = None
+    recorded = _recorded(here / FINGERPRINT_FILE)
     current = fingerprint(resolved)
-    if isinstance(recorded, dict) and recorded.get("digest") == current["digest"]:
+    if recorded is not None and recorded.get("digest") == current["digest"]:
         return Status("resume", [], current["digest"])
     return Status("stale", ["interrupted under another config or other inputs: "
                             + "; ".join(changes(recorded, current))], current["digest"])
+
+
+def _recorded(path: Path, key: str | None = None) -> dict | None:
+    """The fingerprint in ``path`` (under ``key`` of it, for a result), or None when there is none to read."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    found = found.get(key) if key is not None and isinstance(found, dict) else found
+    return found if isinstance(found, dict) else None
 
 
 def statuses(stages, resolved: dict[str, dict]) -> dict[str, Status]:
@@ -141,12 +152,8 @@ def prepare_launch(stage, resolved: dict, out: Path, dest_root: Path) -> tuple[d
     current = fingerprint(resolved)
     here = run_dir(stage)
     marker = here / FINGERPRINT_FILE
-    keep = False
-    if marker.exists() and not stage.result.exists():
-        try:
-            keep = json.loads(marker.read_text()).get("digest") == current["digest"]
-        except (OSError, ValueError, AttributeError):
-            keep = False
+    recorded = None if stage.result.exists() else _recorded(marker)
+    keep = recorded is not None and recorded.get("digest") == current["digest"]
     moved = []
     if not keep:
         outside = [p for p in stage.outputs if here not in p.absolute().parents]

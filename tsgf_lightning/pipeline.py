@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .atomic import write_json_atomic
+from .atomic import unwritable, write_json_atomic
 from .fingerprint import ConfigResolveError, resolve_config, short
-from .freshness import FINGERPRINT_FILE, prepare_launch, read_result, statuses, superseded_root
+from .freshness import FINGERPRINT_FILE, incomplete, prepare_launch, read_result, statuses, superseded_root
 from .results import aggregate, write_results
 
 CONFIG_FILES = ("teacher.yaml", "synthesis.yaml", "student.yaml", "pipeline.yaml")
@@ -293,12 +293,7 @@ class Stage:
         Complete, not necessarily current: :func:`~tsgf_lightning.freshness.statuses` also compares
         the fingerprint the result records with the one the stage's config and inputs give now.
         """
-        if not (self.result.is_file() and all(p.exists() for p in self.outputs)):
-            return False
-        if not (self.validate or self.test):
-            return True
-        result = json.loads(self.result.read_text())
-        return (not self.validate or "val" in result) and (not self.test or "test" in result)
+        return incomplete(self) is None
 
 
 def override(key: str, value) -> str:
@@ -580,11 +575,9 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
 
 
 def _require_writable(out: Path) -> None:
-    existing = next(q for q in (out, *out.parents) if q.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise PipelineError(f"cannot write the output dir {out}: {existing} is "
-                            f"{'not a directory' if not existing.is_dir() else 'not writable'}; choose another "
-                            "--output-dir")
+    why = unwritable(out)
+    if why is not None:
+        raise PipelineError(f"cannot write the output dir {out}: {why}; choose another --output-dir")
 
 
 def _statuses(stages: list[Stage], resolved: dict[str, dict]) -> dict:

@@ -17,13 +17,13 @@ rank 0 after the stage has finished, so its existence means the stage is complet
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from .atomic import write_json_atomic
+from .atomic import unwritable, write_json_atomic
 from .cli import main as cli_main
+from .cli import resume_checkpoint
 
 
 def _pop_flag(argv: list[str], flag: str) -> bool:
@@ -65,7 +65,9 @@ def run(argv: list[str]) -> dict:
             require_writable_dir(directory, what)
     ckpt = None
     if resume:
-        last = _last_checkpoint(trainer)
+        # A broken newest checkpoint (a run killed while saving) is renamed aside and the previous one
+        # used, exactly as `fit --ckpt_path last` does.
+        last = resume_checkpoint(trainer)
         ckpt = str(last) if last is not None else None
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
     if trainer.interrupted:
@@ -79,8 +81,7 @@ def run(argv: list[str]) -> dict:
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
         result["test"] = {k: float(v) for k, v in metrics.items()}
     result["seconds"] = round(time.time() - start, 1)
-    skipped = dm.skipped_videos() if hasattr(dm, "skipped_videos") else {}
-    result["skipped_videos"] = {split: list(paths) for split, paths in skipped.items() if paths}
+    result["skipped_videos"] = {split: paths for split, paths in dm.skipped_videos().items() if paths}
     if getattr(model, "distilled_teacher_match", None) is not None:
         result["distilled_teacher_match"] = bool(model.distilled_teacher_match)
     if fingerprint_path and Path(fingerprint_path).is_file():  # absent when a person runs the command by hand
@@ -95,23 +96,10 @@ def require_writable_dir(directory: str | Path, what: str) -> None:
 
     The nearest existing ancestor must be a writable directory (the stage creates the rest).
     """
-    p = Path(directory).absolute()
-    existing = next(q for q in (p, *p.parents) if q.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        problem = "is not a directory" if not existing.is_dir() else "is not writable"
-        raise SystemExit(f"error: cannot write {what} {p}: {existing} {problem}; choose another directory "
-                         "(nothing has been decoded or trained)")
-
-
-def _last_checkpoint(trainer) -> Path | None:
-    """The newest readable checkpoint a previous attempt left, if any (what ``fit --ckpt_path last`` uses).
-
-    A broken newest one (a run killed while saving) is renamed aside and the previous one used; see
-    :func:`tsgf_lightning.cli.resume_checkpoint`, shared with the CLI so both resume alike.
-    """
-    from .cli import resume_checkpoint
-
-    return resume_checkpoint(trainer)
+    why = unwritable(directory)
+    if why is not None:
+        raise SystemExit(f"error: cannot write {what} {Path(directory).absolute()}: {why}; choose another "
+                         "directory (nothing has been decoded or trained)")
 
 
 def main() -> None:

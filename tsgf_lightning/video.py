@@ -48,8 +48,3 @@ def at_pixel_bounds(inputs: Tensor, mean: Sequence[float], std: Sequence[float])
     """
     lo, hi = pixel_bounds(mean, std, inputs)
     return (inputs <= lo) | (inputs >= hi)
-
-
-def saturated_fraction(inputs: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Fraction of the elements of normalised inputs at pixel 0 or 1 (:func:`at_pixel_bounds`), a 0-dim tensor."""
-    return at_pixel_bounds(inputs, mean, std).float().mean()

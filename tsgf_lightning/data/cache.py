@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..atomic import temp_sibling, write_atomic
 from .decode import Sampling, VideoDecodeError, decode_clips
 from .integrity import (
     cache_problem,
@@ -45,7 +46,6 @@ from .integrity import (
     remove_stale_temps,
     require_writable,
     stored_caches,
-    temp_path,
 )
 from .sources import VideoItem
 from .sources.base import preview
@@ -157,19 +157,12 @@ def decode_split(items: Sequence[VideoItem], spec: ClipSpec, workers: int = 2,
 
 def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary sibling, then rename over ``path`` (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _save_cache(obj: dict, path: Path) -> Path:
     """Save to a temporary, checksum what landed, and rename it to its recorded name."""
-    tmp = temp_path(path)
+    tmp = temp_sibling(path)
     try:
         torch.save(obj, tmp)
         final = recorded_name(path, tmp.stat().st_size, file_crc32(tmp))

@@ -11,30 +11,18 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..atomic import host_name, unwritable
 from .sources.base import VideoItem, preview
 
 #: Bytes read per step when checksumming a cache: 1 MiB measured fastest here (benchmarks/results/cache_checksum.md).
 CHECK_CHUNK = 1 << 20
 _RECORD = re.compile(r"\.(?P<size>\d+)\.crc32-(?P<crc>[0-9a-f]{8})\.pt$")
 _TEMP = re.compile(r"^\.(?P<name>.+\.pt)\.(?P<pid>\d+)(?:@(?P<host>[^/]*))?\.tmp$")
-
-
-def _host() -> str:
-    return re.sub(r"[^\w.-]", "_", socket.gethostname())
-
-
-def temp_path(path: Path) -> Path:
-    """The temporary sibling a save writes before its rename: ``.NAME.PID@HOST.tmp``.
-
-    The host makes the pid meaningful on a cache directory shared by several machines.
-    """
-    return path.with_name(f".{path.name}.{os.getpid()}@{_host()}.tmp")
 
 
 def _alive(pid: int) -> bool:
@@ -62,7 +50,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         entries = list(folder.iterdir())
     except OSError:
         return []
-    host, removed = _host(), []
+    host, removed = host_name(), []
     for path in entries:
         m = _TEMP.match(path.name)
         if m is None or m["host"] not in (None, host) or _alive(int(m["pid"])):
@@ -78,19 +66,15 @@ def remove_stale_temps(folder: Path) -> list[Path]:
 def require_writable(path: Path) -> None:
     """Raise before decoding if the decoded split could not be saved as ``path``.
 
-    Probed by creating the save's own temporary (not ``os.access``, which root passes on any mode
-    and which cannot tell a read-only mount), so the answer is the one the save would get.
+    Probed by writing a temporary (:func:`~tsgf_lightning.atomic.unwritable`), so the answer is the
+    one the save would get; the folder is then created if missing.
     """
     folder = path.parent
-    probe = temp_path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise OSError(f"cache directory {folder} (config key `data.cache_dir`) is not writable: "
-                      f"{err.strerror or err}. Nothing was decoded; point `data.cache_dir` at a writable "
-                      f"folder.") from err
+    why = unwritable(folder)
+    if why is not None:
+        raise OSError(f"cache directory {folder} (config key `data.cache_dir`) is not writable: {why}. Nothing "
+                      "was decoded; point `data.cache_dir` at a writable folder.")
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def file_crc32(path: Path, chunk: int = CHECK_CHUNK) -> int:
