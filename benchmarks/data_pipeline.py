@@ -72,7 +72,7 @@ def from_config(name: str, config: Path, source: VideoSource) -> Setup:
 def decode_once(setup: Setup, cache_dir: str) -> dict:
     """Uncached decode of the training part, then a cached load; seconds and clips."""
     dm = VideoDataModule(setup.source, cache_dir=cache_dir, **setup.data)  # decode_workers: the default
-    items = dm._items()["fit"]
+    items = dm.items_by_part()["fit"]
     spec = dm._spec("fit")
     t0 = time.perf_counter()
     decoded = load_or_decode(cache_dir, setup.source.cache_key(), "fit", items, spec, dm.hparams.decode_workers)

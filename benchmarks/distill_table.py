@@ -24,10 +24,10 @@ Rows (see ``methods()``):
   at those frame counts (own teacher each) and adds them as rows ``tsgf [4f]``.
 
 Hyper-parameters are chosen on a validation split carved from the training set, never the test
-split: ``--search`` first runs the pipeline with ``split: val`` in ``OUT/search`` (its own teacher,
-trained without a carve-out of ``--search-val-fraction`` of the training videos, by source group),
-a grid of synthesis ``lr`` x ``bn_weight`` at the smallest IPC with ``--search-seeds`` students each,
-and takes the best mean validation top-1 (``OUT/search.json``, ``OUT/search.md``,
+split: ``--search`` first runs the pipeline with ``evaluate_on: val`` in ``OUT/search`` (its own
+teacher, trained without a carve-out of ``--search-val-fraction`` of the training videos, by source
+group), a grid of synthesis ``lr`` x ``bn_weight`` at the smallest IPC with ``--search-seeds``
+students each, and takes the best mean validation top-1 (``OUT/search.json``, ``OUT/search.md``,
 ``OUT/search/results.md``). The table itself then trains on every training video
 (``--val-fraction 0``). Without ``--search`` the given values are used, or those of an earlier
 search in ``OUT``, and recorded in ``OUT/run.json``.
@@ -73,17 +73,38 @@ SYN = "model.init_args."
 
 
 def _load(name: str) -> dict:
-    return yaml.safe_load((TEMPLATES / name).read_text())
+    return yaml.safe_load((TEMPLATES / name).read_text()) or {}
+
+
+def templates() -> dict[str, dict]:
+    """The teacher / synthesis / student templates, each whole: ``data.yaml``'s block under its own data keys.
+
+    The template dir holds ``data.yaml`` beside stage files with only their own data keys (the
+    pipeline's composed layout), or stage files with the whole ``data:`` block and
+    ``synthesis_ipc1.yaml`` in place of ``synthesis.yaml``; both give the same configs.
+    """
+    shared = _load("data.yaml").get("data") or {} if (TEMPLATES / "data.yaml").is_file() else {}
+    synthesis = "synthesis.yaml" if (TEMPLATES / "synthesis.yaml").is_file() else "synthesis_ipc1.yaml"
+    out = {}
+    for name, template in (("teacher.yaml", "teacher.yaml"), ("synthesis.yaml", synthesis),
+                           ("student.yaml", "student.yaml")):
+        cfg = _load(template)
+        cfg["data"] = {**shared, **(cfg.get("data") or {})}
+        out[name] = cfg
+    return out
 
 
 def stage_configs(args, frames: int, val_fraction: float) -> dict[str, dict]:
-    """teacher / synthesis / student configs for this dataset, from the ucf101_mini9 CPU templates."""
+    """teacher / synthesis / student configs for this dataset, from the ucf101_mini9 CPU templates.
+
+    Each is one whole file (the templates' ``data.yaml`` merged in), so ``OUT/configs`` reads alone.
+    """
     data = {"source": {"class_path": LAYOUTS[args.layout], "init_args": {"root": str(Path(args.data_root).resolve())}},
             "frames": frames, "size": args.size, "resize": [args.size, round(args.size * 4 / 3)],
             "val_fraction": val_fraction}
     if args.cache_dir:
         data["cache_dir"] = str(Path(args.cache_dir).resolve())
-    teacher, synthesis, student = _load("teacher.yaml"), _load("synthesis_ipc1.yaml"), _load("student.yaml")
+    teacher, synthesis, student = templates().values()
     for cfg in (teacher, synthesis, student):
         cfg["data"].update(data)
         cfg["trainer"]["enable_progress_bar"] = False  # the pipeline shows its own progress
@@ -142,7 +163,7 @@ def search_name(lr: float, bn: float) -> str:
 
 
 def search(args, out: Path) -> tuple[float, float]:
-    """Choose synthesis ``lr`` x ``bn_weight`` on a validation carve-out: a pipeline run with ``split: val``.
+    """Choose synthesis ``lr`` x ``bn_weight`` on a validation carve-out: a pipeline run with ``evaluate_on: val``.
 
     ``OUT/search`` holds its own teacher, trained without the carve-out (``--search-val-fraction``),
     one synthesis per grid point at the smallest IPC, and ``--search-seeds`` students each, scored on
@@ -154,7 +175,7 @@ def search(args, out: Path) -> tuple[float, float]:
     extra = {name: {"synthesis": {f"{SYN}lr": lr, f"{SYN}bn_weight": bn}} for name, (lr, bn) in grid.items()}
     if args.factor > 1:
         extra[f"random+student-f{args.factor}"] = {"select": "random", "student": {"data.subset_factor": args.factor}}
-    pipeline = {"ipc": [k], "seeds": args.search_seeds, "jobs": args.jobs, "split": "val",
+    pipeline = {"ipc": [k], "seeds": args.search_seeds, "jobs": args.jobs, "evaluate_on": "val",
                 "methods": ["full", "random+student"], "extra_methods": extra}
     write_config_dir(work / "configs", args, args.frames, pipeline, val_fraction=args.search_val_fraction)
     rows = run_pipeline(work / "configs", work, bar=False)
@@ -193,7 +214,7 @@ def finished_rows(config_dir: Path, out: Path) -> list[dict]:
     if missing:
         print(f"{len(missing)} of {len(stages)} stages not finished or stale, left out: {', '.join(missing)}",
               flush=True)
-    return aggregate(collect_runs(config_dir, cfg, done))
+    return aggregate(collect_runs(cfg, done))
 
 
 # ---------------------------------------------------------------------- plots

@@ -42,9 +42,9 @@ from tsgf_lightning.data.sources import Embedded
 from tsgf_lightning.models import MiniC3D
 from tsgf_lightning.modules.classifier import lr_lambda
 from tsgf_lightning.modules.frozen import load_teacher
-from tsgf_lightning.modules.synthesis import apply_crop_flip, crop_flip_thetas
 from tsgf_lightning.modules.teacher import TeacherModule
 from tsgf_lightning.tsgf import BNStatistics, temporal_saliency, tsgf_mask
+from tsgf_lightning.tsgf.augment import apply_crop_flip, crop_flip_thetas
 from tsgf_lightning.video import denormalize, normalize, pixel_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +107,8 @@ def train_teacher(args) -> Path:
 def trajectory(args, teacher_path: Path, target: str, shape: str) -> list[tuple[float, float, float, bool]]:
     """One synthesis run masked as (target, shape); returns (m, r_masked, r_prev_m, ever_nonzero) per frame-step."""
     dm = datamodule(args)
-    teacher, _ = load_teacher(str(teacher_path), dm.num_classes, None, dm.class_names, dm.frames, dm.size)
-    bn = BNStatistics(teacher)
+    teacher, _ = load_teacher(str(teacher_path), dm.num_classes, spec=dm.spec)
+    bn = BNStatistics(teacher.net)
     clips, labels, _ = dm.random_subset(args.ipc, 0)
     x = normalize(clips.float() / 255, dm.mean, dm.std)
     lo, hi = pixel_bounds(dm.mean, dm.std, x)

@@ -90,16 +90,16 @@ def run_bare(teacher: Path, classes: int, ipc: int, frames: int, steps: int, dev
 
     from tsgf_lightning.modules.classifier import lr_lambda
     from tsgf_lightning.modules.frozen import load_teacher
-    from tsgf_lightning.modules.synthesis import apply_crop_flip, crop_flip_thetas
-    from tsgf_lightning.tsgf import BNStatistics, temporal_saliency, tsgf_mask
+    from tsgf_lightning.tsgf import BNStatistics, step_seed, temporal_saliency, tsgf_mask
+    from tsgf_lightning.tsgf.augment import apply_crop_flip, crop_flip_thetas
     from tsgf_lightning.video import IMAGENET_MEAN as mean
     from tsgf_lightning.video import IMAGENET_STD as std
     from tsgf_lightning.video import denormalize, pixel_bounds
 
     a = MODULE_ARGS
-    net, _ = load_teacher(str(teacher), classes, None, None, frames, SIZE)
+    net, _ = load_teacher(str(teacher), classes)
     net = net.to(device)
-    bn = BNStatistics(net)
+    bn = BNStatistics(net.net)
     n = classes * ipc
     init = torch.randn(n, 3, frames, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     lo, hi = pixel_bounds(mean, std, init)
@@ -112,7 +112,7 @@ def run_bare(teacher: Path, classes: int, ipc: int, frames: int, steps: int, dev
     for step in range(steps):
         _sync(device)
         stamps.append((time.perf_counter(), time.process_time()))
-        gen = torch.Generator().manual_seed(a["seed"] * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(step_seed(a["seed"], step))
         x = apply_crop_flip(videos, crop_flip_thetas(n, gen, a["augment_scale"], a["augment_flip"]))
         logits = net(x)
         loss = (a["ce_weight"] * F.cross_entropy(logits, labels, reduction="sum") / n
@@ -142,6 +142,7 @@ def run_lightning(teacher: Path, names: list[str], classes: int, ipc: int, frame
     import torch
     from torch.utils.data import DataLoader
 
+    from tsgf_lightning.data.spec import DataSpec
     from tsgf_lightning.modules.synthesis import SynthesisModule
     from tsgf_lightning.video import IMAGENET_MEAN, IMAGENET_STD
 
@@ -153,12 +154,7 @@ def run_lightning(teacher: Path, names: list[str], classes: int, ipc: int, frame
             return {"index": torch.tensor(i)}
 
     class Data(L.LightningDataModule):
-        """What SynthesisModule reads from the DataModule when it initialises from noise."""
-
-        def __init__(self):
-            super().__init__()
-            self.num_classes, self.class_names, self.frames, self.size = classes, names, frames, SIZE
-            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        """Step batches only: a noise initialisation reads nothing from the DataModule."""
 
         def train_dataloader(self):
             return DataLoader(Steps(), batch_size=1)
@@ -181,7 +177,8 @@ def run_lightning(teacher: Path, names: list[str], classes: int, ipc: int, frame
 
     stamps = Stamps()
     module = NoExport(num_classes=classes, teacher_ckpt=str(teacher), ipc=ipc, init="noise", init_seed=0,
-                      image_every_n_steps=0, export_dir=str(tmp), **MODULE_ARGS)
+                      image_every_n_steps=0, export_dir=str(tmp),
+                      data_spec=DataSpec(names, frames, SIZE, IMAGENET_MEAN, IMAGENET_STD), **MODULE_ARGS)
     trainer = L.Trainer(max_steps=steps, accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=str(tmp), callbacks=[stamps])

@@ -21,12 +21,19 @@ def _put(cfg: dict, key: str, value) -> None:
 
 
 def make_config_dir(out: Path, data, cache_dir: str, pipeline: dict) -> Path:
-    """configs/embedded/*.yaml shrunk to seconds per stage on ``data`` (conftest's ``tiny_embedded``)."""
+    """configs/embedded/*.yaml shrunk to seconds per stage on ``data`` (conftest's ``tiny_embedded``).
+
+    Written as a composed config dir: ``data.yaml`` holds the shared ``data:`` block (with the tiny
+    source and the shared cache) and each stage file only its own keys.
+    """
     out.mkdir(parents=True)
+    shared = _load(EMBEDDED / "data.yaml").get("data", {}) if (EMBEDDED / "data.yaml").is_file() else {}
+    shared.update(source=data.yaml_source(), cache_dir=cache_dir)
+    (out / "data.yaml").write_text(yaml.safe_dump({"data": shared}))
     for stage in ("teacher", "synthesis", "student"):
-        cfg = yaml.safe_load((EMBEDDED / f"{stage}.yaml").read_text())
-        _put(cfg, "data.source.init_args", data.init_args())
-        _put(cfg, "data.cache_dir", cache_dir)
+        cfg = _load(EMBEDDED / f"{stage}.yaml")
+        for key in ("source", "cache_dir"):  # data.yaml's, whatever the stage file says
+            cfg.get("data", {}).pop(key, None)
         _put(cfg, "data.num_workers", 0)
         if stage == "synthesis":
             _put(cfg, "trainer.max_steps", 3)
@@ -40,6 +47,10 @@ def make_config_dir(out: Path, data, cache_dir: str, pipeline: dict) -> Path:
         (out / f"{stage}.yaml").write_text(yaml.safe_dump(cfg))
     (out / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     return out
+
+
+def _load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def pipeline_command(config_dir: Path, out: Path) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tsgf_lightning.data.cache import ClipSpec, cache_file, cached_split_exists, decode_split, load_or_decode
+from tsgf_lightning.data.cache import ClipSpec, cache_file, cached_part_exists, decode_part, load_or_decode
 from tsgf_lightning.data.decode import decode_clips
 from tsgf_lightning.data.integrity import has_record
 from tsgf_lightning.data.sources import VideoItem
@@ -87,11 +87,11 @@ def test_touching_or_rewriting_a_video_changes_the_key(tmp_path, videos):
 def test_first_call_decodes_and_writes_second_call_loads_without_decoding(tmp_path, videos):
     cache = tmp_path / "cache"
     spec = ClipSpec(frames=4, size_hw=(12, 16), positions=(0.25, 0.75))
-    assert not cached_split_exists(str(cache), SOURCE, "fit", videos, spec)
+    assert not cached_part_exists(str(cache), SOURCE, "fit", videos, spec)
     first = load_or_decode(str(cache), SOURCE, "fit", videos, spec, workers=1)
     path = stored(cache_file(str(cache), SOURCE, "fit", videos, spec))
     assert files_in(cache) == [path.name]  # one file, no temporary left behind
-    assert cached_split_exists(str(cache), SOURCE, "fit", videos, spec)
+    assert cached_part_exists(str(cache), SOURCE, "fit", videos, spec)
     assert first.clips.shape == (6, 2, 3, 4, 12, 16) and first.clips.dtype == torch.uint8
     for i, item in enumerate(videos):
         assert torch.equal(first.clips[i], decode_clips(item.path, 4, (12, 16), positions=(0.25, 0.75)))
@@ -114,12 +114,12 @@ def test_first_call_decodes_and_writes_second_call_loads_without_decoding(tmp_pa
         assert str(path) in Path("/proc/self/maps").read_text()
     # And decoding them now really fails: the second result came from the cache.
     with pytest.raises(RuntimeError, match="could not be decoded"), pytest.warns(UserWarning):
-        decode_split(videos, spec, workers=1)
+        decode_part(videos, spec, workers=1)
 
 
 def test_parallel_decoding_keeps_the_order(tmp_path, videos):
-    serial = decode_split(videos, SPEC, workers=1)
-    parallel = decode_split(videos, SPEC, workers=2)
+    serial = decode_part(videos, SPEC, workers=1)
+    parallel = decode_part(videos, SPEC, workers=2)
     assert torch.equal(serial.clips, parallel.clips) and serial.paths == parallel.paths
     assert torch.equal(serial.labels, parallel.labels)
 

@@ -3,7 +3,7 @@ unwritable cache directory is refused before any decoding, temporaries of killed
 without touching a live writer's, and unreadable videos are reported on every load and may not
 leave a training class without clips.
 
-Decoding is counted with a wrapper around the real :func:`~tsgf_lightning.data.cache.decode_split`,
+Decoding is counted with a wrapper around the real :func:`~tsgf_lightning.data.cache.decode_part`,
 so "nothing was decoded" is checked, not inferred from timing.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from tsgf_lightning.atomic import temp_sibling as temp_path
 from tsgf_lightning.data import cache
-from tsgf_lightning.data.cache import cache_file, decode_split, load_or_decode
+from tsgf_lightning.data.cache import cache_file, decode_part, load_or_decode
 from tsgf_lightning.data.datamodule import VideoDataModule
 from tsgf_lightning.data.integrity import has_record
 from tsgf_lightning.data.sources import VideoFolder, validation_split
@@ -31,15 +31,15 @@ from .test_cache import SOURCE, SPEC
 
 @pytest.fixture
 def decodes(monkeypatch) -> list[int]:
-    """The number of videos of every :func:`decode_split` call made through the cache (the real one runs)."""
+    """The number of videos of every :func:`decode_part` call made through the cache (the real one runs)."""
     calls: list[int] = []
-    real = cache.decode_split
+    real = cache.decode_part
 
     def counting(items, *args, **kwargs):
         calls.append(len(items))
         return real(items, *args, **kwargs)
 
-    monkeypatch.setattr(cache, "decode_split", counting)
+    monkeypatch.setattr(cache, "decode_part", counting)
     return calls
 
 
@@ -113,7 +113,7 @@ def test_a_cache_without_its_record_is_named_and_decoded_again(tmp_path, videos,
     folder = tmp_path / "cache"
     folder.mkdir()
     key = cache_file(str(folder), SOURCE, "fit", videos, SPEC)
-    want = decode_split(videos, SPEC, workers=1)
+    want = decode_part(videos, SPEC, workers=1)
     torch.save(want.to_dict(), key)  # the record-less name every cache had before records existed
     with pytest.warns(UserWarning, match="no size/checksum record") as record:
         again = load_or_decode(str(folder), SOURCE, "fit", videos, SPEC, workers=1)
@@ -198,7 +198,7 @@ def test_a_class_whose_training_videos_are_all_unreadable_is_an_error_on_every_l
     for path in bad:
         spoil(path)
     folder = tmp_path / "cache"
-    with pytest.raises(RuntimeError, match=r"Expected every class to have a training clip in split 'fit'") as err, \
+    with pytest.raises(RuntimeError, match=r"Expected every class to have a training clip in part 'fit'") as err, \
             pytest.warns(UserWarning):
         folder_dm(root, folder, max_bad_fraction=0.2).prepare_data()  # 4 of 32 unreadable: tolerated overall
     text = str(err.value)
@@ -221,13 +221,13 @@ def test_skipped_videos_are_reported_on_every_load_and_exposed(tiny_embedded, tm
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         dm.prepare_data()
-    assert any("split 'fit': skipped 1 of 32 unreadable videos" in m and str(bad) in m for m in messages(record))
+    assert any("part 'fit': skipped 1 of 32 unreadable videos" in m and str(bad) in m for m in messages(record))
     assert dm.skipped_videos() == {"fit": [str(bad)], "test": []}
     assert decodes == [32, 16]
 
     later = folder_dm(root, folder)
     assert later.skipped_videos() == {}
-    with pytest.warns(UserWarning, match=r"split 'fit': skipped 1 of 32 unreadable videos") as record:
+    with pytest.warns(UserWarning, match=r"part 'fit': skipped 1 of 32 unreadable videos") as record:
         later.setup("fit")
     assert any(str(bad) in m for m in messages(record))
     assert decodes == [32, 16]  # from the cache
@@ -235,7 +235,7 @@ def test_skipped_videos_are_reported_on_every_load_and_exposed(tiny_embedded, tm
     assert len(later.train_data) == 31
 
 
-def test_evaluation_splits_may_lack_a_class_and_test_says_so(tiny_embedded, tmp_path, decodes):
+def test_evaluation_parts_may_lack_a_class_and_test_says_so(tiny_embedded, tmp_path, decodes):
     root = tiny_embedded.copy_to(tmp_path / "folder")
     val_items = validation_split(VideoFolder(str(root)).items("train"), 0.25, 0)[1]
     val_bad = next(Path(i.path) for i in val_items if Path(i.path).parent.name == "rotate_cw")
@@ -247,9 +247,9 @@ def test_evaluation_splits_may_lack_a_class_and_test_says_so(tiny_embedded, tmp_
         warnings.simplefilter("always")
         dm.prepare_data()
     found = messages(record)
-    assert any("split 'val': skipped 1 of 8" in m for m in found) and any("split 'test': skipped 2 of 16" in m
+    assert any("part 'val': skipped 1 of 8" in m for m in found) and any("part 'test': skipped 2 of 16" in m
                                                                             for m in found)
     lacking = [m for m in found if m.startswith("Expected every class")]
-    assert len(lacking) == 1 and "split 'test'" in lacking[0] and "'move_up' (all 2 of its videos" in lacking[0]
+    assert len(lacking) == 1 and "part 'test'" in lacking[0] and "'move_up' (all 2 of its videos" in lacking[0]
     assert dm.skipped_videos() == {"fit": [], "val": [str(val_bad)], "test": [str(p) for p in test_bad]}
-    assert dm.class_names.index("rotate_cw") not in dm.split("val").labels.tolist()  # its one validation video
+    assert dm.class_names.index("rotate_cw") not in dm.part("val").labels.tolist()  # its one validation video

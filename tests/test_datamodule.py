@@ -41,7 +41,7 @@ def test_loaders_serve_the_batch_contract_and_validation_is_a_group_carve_out(ti
     assert batch["label"].dtype == torch.int64 and batch["index"].shape == (8,)
     assert -3 < batch["video"].min() < 0 < batch["video"].max() < 3  # normalised, not [0, 255]
 
-    fit, val = dm.split("fit"), dm.split("val")
+    fit, val = dm.part("fit"), dm.part("val")
     train_items = tiny_embedded.source().items("train")
     assert sorted(fit.paths + val.paths) == sorted(i.path for i in train_items)
     assert not set(fit.groups) & set(val.groups)
@@ -49,7 +49,7 @@ def test_loaders_serve_the_batch_contract_and_validation_is_a_group_carve_out(ti
     val_batches = list(dm.val_dataloader())
     assert sum(len(b["label"]) for b in val_batches) == 8
     dm.setup("test")
-    test = dm.split("test")
+    test = dm.part("test")
     assert sorted(test.paths) == sorted(i.path for i in tiny_embedded.source().items("test"))
     assert sum(len(b["label"]) for b in dm.test_dataloader()) == 16
 
@@ -58,12 +58,12 @@ def test_loaders_serve_the_batch_contract_and_validation_is_a_group_carve_out(ti
     again = tiny_dm(tiny_embedded, str(cache), val_fraction=0.25)
     again.prepare_data()
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes
-    assert torch.equal(again.split("fit").clips, fit.clips)
+    assert torch.equal(again.part("fit").clips, fit.clips)
 
 
 def test_training_videos_cache_k_clips_and_evaluation_one(tiny_embedded, shared_cache_dir):
     dm = tiny_dm(tiny_embedded, shared_cache_dir, train_clips_per_video=3, val_fraction=0.25)
-    fit, val, test = dm.split("fit"), dm.split("val"), dm.split("test")
+    fit, val, test = dm.part("fit"), dm.part("val"), dm.part("test")
     assert fit.clips.shape[1:] == (3, 3, 8, 48, 48)
     assert val.clips.shape[1] == 1 and test.clips.shape[1] == 1
     # Clip k of a training video sits at position (k + 0.5) / 3; evaluation clips at the centre.
@@ -151,7 +151,7 @@ def test_a_corrupt_video_is_skipped_with_a_warning_naming_it(tiny_embedded, tmp_
         dm.prepare_data()
     messages = [str(w.message) for w in record]
     assert any(str(bad) in m for m in messages), messages
-    fit = dm.split("fit")
+    fit = dm.part("fit")
     assert fit.skipped == [str(bad)] and len(fit.paths) == 32 and str(bad) not in fit.paths
     dm.setup("fit")
     assert len(dm.train_data) == 32
@@ -186,7 +186,7 @@ def test_a_video_shorter_than_the_clip_repeats_frames(tmp_path, write_video):
             write_video(folder / "v.mkv", data)
     dm = VideoDataModule(VideoFolder(str(tmp_path / "root")), frames=8, size=32, num_workers=0, decode_workers=1,
                          cache_dir=str(tmp_path / "cache"))
-    fit = dm.split("fit")
+    fit = dm.part("fit")
     short = fit.clips[fit.paths.index(str(tmp_path / "root" / "train" / "a" / "v.mkv")), 0]  # (C, T, H, W)
     want = frames[("train", "a")][[0, 0, 1, 2, 2, 3, 4, 4]].permute(3, 0, 1, 2)
     assert torch.equal(short, want)

@@ -59,7 +59,7 @@ def test_sample_indices_match_naive_loop(sampling):
 
 def test_positions_on_segment_boundaries_are_exact():
     # The DataModule's k = 3 clip positions are 1/6, 1/2, 5/6. Where an index is a whole number in
-    # exact arithmetic, float arithmetic used to land just below it: (2 + 1/6) * 54 / 3 = 39, not 38.
+    # exact arithmetic, naive float arithmetic lands just below it: (2 + 1/6) * 54 / 3 must give 39, not 38.
     assert sample_indices(54, 3, "uniform", position=1 / 6).tolist() == [3, 21, 39]
     assert sample_indices(9, 3, "uniform", position=2 / 3).tolist() == [2, 5, 8]
     assert sample_indices(9, 3, "uniform", position=5 / 6).tolist() == [2, 5, 8]

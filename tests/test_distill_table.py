@@ -90,6 +90,31 @@ def test_configs_and_plan_for_a_dataset_root(tmp_path, table, capsys):
     assert "student herding ipc5 seed1" in capsys.readouterr().out
 
 
+def test_templates_read_alike_in_the_composed_and_the_whole_file_layout(tmp_path, table, monkeypatch):
+    composed = table.templates()
+    assert all(cfg["data"]["source"]["class_path"].endswith("UCF101") for cfg in composed.values())
+    assert composed["synthesis.yaml"]["data"]["train_set"] == "none"
+    assert composed["student.yaml"]["data"]["train_set"] == "distilled"
+    # the same templates as whole files (each with the full data block, synthesis as synthesis_ipc1.yaml)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    for name, cfg in composed.items():
+        (whole / ("synthesis_ipc1.yaml" if name == "synthesis.yaml" else name)).write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(table, "TEMPLATES", whole)
+    assert table.templates() == composed
+    # and back: data.yaml with the shared keys, stage files with only their own
+    split = tmp_path / "split"
+    split.mkdir()
+    shared = {k: v for k, v in composed["teacher.yaml"]["data"].items()
+              if all(cfg["data"].get(k) == v for cfg in composed.values())}
+    (split / "data.yaml").write_text(yaml.safe_dump({"data": shared}))
+    for name, cfg in composed.items():
+        own = {k: v for k, v in cfg["data"].items() if k not in shared}
+        (split / name).write_text(yaml.safe_dump({**cfg, "data": own}))
+    monkeypatch.setattr(table, "TEMPLATES", split)
+    assert table.templates() == composed and "source" in shared
+
+
 def test_a_missing_data_root_is_named(tmp_path, table, capsys):
     with pytest.raises(SystemExit):
         table.main(["--data-root", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "out")])

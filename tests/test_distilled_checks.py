@@ -19,12 +19,12 @@ import yaml
 
 from tsgf_lightning.data.datamodule import VideoDataModule
 from tsgf_lightning.data.distilled import DistilledSetError
+from tsgf_lightning.data.selection import select_clips
 from tsgf_lightning.export import export_distilled
 from tsgf_lightning.models import MiniC3D
-from tsgf_lightning.modules.frozen import file_sha256
+from tsgf_lightning.modules.frozen import file_sha256, load_teacher
 from tsgf_lightning.modules.student import StudentModule
 from tsgf_lightning.select import main as select_main
-from tsgf_lightning.select import select
 from tsgf_lightning.video import IMAGENET_MEAN, IMAGENET_STD
 
 CHANNELS = (4, 8, 8)
@@ -192,6 +192,21 @@ def test_select_refuses_a_budget_below_one_before_decoding(select_config, tmp_pa
     assert not out.exists() and not cache.exists()
 
 
+def test_select_refuses_a_teacher_method_without_a_teacher_before_decoding(select_config, tmp_path, capsys) -> None:
+    config, cache = select_config
+    argv = ["--config", str(config), "--method", "herding", "--ipc", "1", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        select_main(argv)
+    assert exit_info.value.code == 2
+    assert "--method herding ranks clips by a teacher's outputs: give --teacher-ckpt" in capsys.readouterr().err
+    assert not cache.exists()
+
+
+def test_a_teacher_selection_needs_the_loaded_teacher(tiny_embedded, shared_cache_dir) -> None:
+    with pytest.raises(ValueError, match="selection 'kcenter' ranks clips by the teacher's outputs: pass the loaded"):
+        select_clips(datamodule(tiny_embedded, shared_cache_dir), "kcenter", 1)
+
+
 def test_too_few_clips_for_a_random_subset_names_ipc_factor_and_the_class(tiny_embedded, shared_cache_dir,
                                                                           names) -> None:
     dm = datamodule(tiny_embedded, shared_cache_dir, train_set="random", ipc=2, subset_factor=2)
@@ -204,8 +219,9 @@ def test_too_few_clips_for_a_random_subset_names_ipc_factor_and_the_class(tiny_e
 def test_too_few_clips_for_a_teacher_selection_names_ipc_factor_and_the_class(tiny_embedded, shared_cache_dir, names,
                                                                               teachers) -> None:
     dm = datamodule(tiny_embedded, shared_cache_dir)
+    teacher, _ = load_teacher(teachers[0], dm.num_classes, spec=dm.spec)
     with pytest.raises(ValueError, match=rf"class {names[0]!r} has 4 training videos, fewer than ipc=1 x factor\^2 9 "
                                          r"= 9 clips needed"):
-        select(dm, "herding", 1, teacher_ckpt=teachers[0], factor=3)
-    clips, labels, _ = select(dm, "herding", 1, teacher_ckpt=teachers[0], factor=2)  # 4 = every clip of a class
+        select_clips(dm, "herding", 1, teacher=teacher, factor=3)
+    clips, labels, _ = select_clips(dm, "herding", 1, teacher=teacher, factor=2)  # 4 = every clip of a class
     assert clips.shape[0] == 8 * 4 and labels.tolist() == [c for c in range(8) for _ in range(4)]

@@ -36,9 +36,7 @@ def _clip(B: int, T: int, H: int, W: int | None = None, seed: int = 0) -> torch.
     return torch.randn(B, 3, T, H, W or H, generator=g)
 
 
-# ----------------------------------------------------------------------------------------------
-# Shapes
-# ----------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------- Shapes
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
@@ -86,9 +84,7 @@ def test_cnnrnn_frame_vector_is_resolution_free(S):
     assert model.frame_pool(model.convnet(frames)).flatten(1).shape == (2, 512)
 
 
-# ----------------------------------------------------------------------------------------------
-# MiniC3D's exact architecture
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------- MiniC3D's exact architecture
 
 
 def test_minic3d_layer_list():
@@ -147,9 +143,7 @@ def test_minic3d_classifier_init():
     assert torch.count_nonzero(model.classifier.bias) == 0
 
 
-# ----------------------------------------------------------------------------------------------
-# Minimum input sizes and clear errors
-# ----------------------------------------------------------------------------------------------
+# -------------------------------------------------------------- Minimum input sizes and clear errors
 
 
 def test_minimum_sizes_are_the_real_ones():
@@ -224,9 +218,7 @@ def test_bad_arguments_are_named(factory, argument):
         factory()
 
 
-# ----------------------------------------------------------------------------------------------
-# Heads: features -> classifier
-# ----------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------- Heads: features -> classifier
 
 
 @pytest.mark.parametrize("name", ["minic3d", "minic3d_nonorm", "convnet3d", "cnnlstm", "cnngru", "cnnrnn"])
@@ -291,9 +283,7 @@ def test_cnnrnn_features_are_time_mean_of_recurrent_outputs():
         torch.testing.assert_close(model.features(x), torch.stack(outs).mean(dim=0))
 
 
-# ----------------------------------------------------------------------------------------------
-# describe() / build()
-# ----------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------ describe() / build()
 
 SPEC_CASES = [
     (MiniC3D, {"num_classes": 4, "channels": (8, 16, 12), "dropout": 0.3}),

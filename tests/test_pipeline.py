@@ -1,10 +1,10 @@
-"""The pipeline end to end on a tiny embedded dataset: results files, skipping/resuming, bad input.
+"""The pipeline end to end on a tiny embedded dataset: results files, skipping, resuming, parallel stages.
 
 The configs are configs/embedded/*.yaml with overrides baked into the YAML (conftest's tiny
 Embedded root and shared decode cache, one epoch, three synthesis steps, a narrow backbone), so every
 stage is a real ``python -m tsgf_lightning.stage`` process that takes a few seconds (one torch thread
 per process, conftest's ``subprocess_env``). One complete run is shared by the tests that only read
-or resume it.
+or resume it. Its checks and plan, with no stage run: tests/test_pipeline_plan.py.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tsgf_lightning.pipeline import PipelineError, load_pipeline_config, plan, run_pipeline
-from tsgf_lightning.results import ROW_KEYS, aggregate, plot_accuracy_vs_ipc, write_results
+from tsgf_lightning.results import ROW_KEYS
 
 from .pipeline_utils import FOUR, REPO, make_config_dir, pipeline_command, run_cli
 
@@ -65,6 +64,14 @@ def test_full_run_writes_results_table_plot_and_summary(finished):
         assert r["fingerprints"] == digests and len(set(digests)) == 2
     assert (out / "synthesis_ipc1" / "distilled.pt").is_file()
     assert (out / "teacher" / "checkpoints" / "last.ckpt").exists()
+    # every stage records what it was, read from its own run (the table is built from these)
+    recorded = {path: json.loads((out / path / "result.json").read_text())["stage"] for path in
+                ("teacher", "synthesis_ipc1", "students/random/ipc1/seed1", "students/tsgf/ipc1/seed0")}
+    assert recorded == {
+        "teacher": {"kind": "teacher", "method": None, "ipc": None, "seed": 0, "arch": "MiniC3D"},
+        "synthesis_ipc1": {"kind": "synthesis", "method": None, "ipc": 1, "seed": 0, "arch": None},
+        "students/random/ipc1/seed1": {"kind": "student", "method": "random", "ipc": 1, "seed": 1, "arch": "MiniC3D"},
+        "students/tsgf/ipc1/seed0": {"kind": "student", "method": "tsgf", "ipc": 1, "seed": 0, "arch": "MiniC3D"}}
 
     md = (out / "results.md").read_text()
     for method in FOUR:
@@ -154,7 +161,7 @@ def test_a_validation_run_scores_students_on_the_carve_out_and_never_tests(finis
     _, done, _ = finished
     teacher = done / "teacher" / "checkpoints" / "last.ckpt"
     cfg = make_config_dir(tmp_path / "cfg", tiny_embedded, shared_cache_dir,
-                          {"ipc": [1], "seeds": 1, "methods": ["random+student"], "split": "val",
+                          {"ipc": [1], "seeds": 1, "methods": ["random+student"], "evaluate_on": "val",
                            "teacher": str(teacher)})
     out = tmp_path / "out"
     proc = run_cli(cfg, out, subprocess_env)
@@ -169,141 +176,6 @@ def test_a_validation_run_scores_students_on_the_carve_out_and_never_tests(finis
     assert md.startswith("# Validation results") and "validation carve-out" in md
     hp = yaml.safe_load((out / "students" / "random+student" / "ipc1" / "seed0" / "hparams.yaml").read_text())
     assert hp["teacher_ckpt"] == str(teacher)
-
-
-# ---------------------------------------------------------------------- (3) bad input, before any stage
-@pytest.fixture
-def tiny_dir(tmp_path, tiny_embedded, shared_cache_dir):
-    """``make(pipeline) -> config dir`` in ``tmp_path`` (no stage reads the data in these tests)."""
-    return lambda pipeline: make_config_dir(tmp_path / "cfg", tiny_embedded, shared_cache_dir, pipeline)
-
-
-@pytest.mark.parametrize("missing", ["student.yaml", "synthesis.yaml", "teacher.yaml", "pipeline.yaml"])
-def test_config_dir_lacking_a_config_is_named(tmp_path, tiny_dir, missing):
-    cfg = tiny_dir({"ipc": [1], "seeds": 1, "methods": FOUR})
-    (cfg / missing).unlink()
-    with pytest.raises(PipelineError, match=missing.replace(".", r"\.")):
-        run_pipeline(cfg, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("pipeline, message", [
-    ({"ipc": [1], "methods": ["full", "tsfg"]},
-     r"unknown method\(s\) \['tsfg'\].*'full', 'random', 'random\+student', 'tsgf'"),
-    ({"ipc": [0]}, r"`ipc`.*>= 1 but got 0"),
-    ({"ipc": [1, -2]}, r"`ipc`.*>= 1 but got -2"),
-    ({"ipc": []}, r"`ipc`"),
-    ({"seeds": 0}, r"`seeds`.*>= 1 but got 0"),
-    ({"ipcs": [1]}, r"unknown key\(s\) \['ipcs'\]"),
-    ({"extra_methods": {"full": {"select": "random"}}}, r"'full' is a built-in method"),
-    ({"extra_methods": {"x": {"select": "herd"}}}, r"`select` of `extra_methods.x`.*'synthesis', 'random'.*'herd'"),
-    ({"extra_methods": {"x": {"student": {"model.init_args.mix": "none"}, "lr": 1}}}, r"unknown key\(s\) \['lr'\]"),
-    ({"extra_methods": {"x": {"select": "random", "synthesis": {"model.init_args.mask": "none"}}}},
-     r"gives `synthesis` overrides but selects 'random'"),
-    ({"extra_methods": {"x": {"ipc": [1, 0]}}}, r"`ipc` of `extra_methods.x`.*>= 1 but got 0"),
-    ({"extra_methods": {"x": {"ipc": [2, 2]}}}, r"`ipc` of `extra_methods.x`.*distinct"),
-    ({"extra_methods": {"x": {"seeds": 0}}}, r"`seeds` of `extra_methods.x`.*>= 1 but got 0"),
-    ({"split": "train"}, r"`split`.*\['test', 'val'\] but got 'train'"),
-    ({"teacher": "t.ckpt", "methods": ["full", "tsgf"]}, r"`teacher`.*remove `full`"),
-    ({"teacher": "no/such/teacher.ckpt", "methods": ["tsgf"]}, r"`teacher` of .*no/such/teacher.ckpt.*does not exist"),
-])
-def test_bad_pipeline_yaml_is_named_before_any_stage(tmp_path, tiny_dir, pipeline, message):
-    cfg = tiny_dir(pipeline)
-    with pytest.raises(PipelineError, match=message):
-        run_pipeline(cfg, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_override_typo_fails_before_any_stage(tmp_path, tiny_dir):
-    cfg = tiny_dir({"ipc": [1], "seeds": 1, "methods": ["full"],
-                               "extra_methods": {"nomix": {"student": {"model.init_args.maks": "none"}}}})
-    with pytest.raises(PipelineError, match=r"student nomix ipc1 seed0.*\n(.|\n)*maks"):
-        run_pipeline(cfg, tmp_path / "out")
-    assert not (tmp_path / "out" / "logs").exists()
-
-
-def test_cli_reports_bad_input_with_exit_code_1(tmp_path, tiny_dir, subprocess_env):
-    cfg = tiny_dir({"ipc": [1], "methods": ["nope"]})
-    proc = run_cli(cfg, tmp_path / "out", subprocess_env, timeout=300)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: unknown method(s) ['nope']") and "known methods" in proc.stderr
-
-
-# ---------------------------------------------------------------------- plan and results functions
-def test_plan_applies_each_methods_overrides_and_gives_custom_synthesis_its_own_dir(tmp_path, tiny_dir):
-    cfg = tiny_dir({"ipc": [2, 1], "seeds": 2, "methods": FOUR, "extra_methods": {
-        "sre2l": {"synthesis": {"model.init_args.mask": "none"}, "student": {"model.init_args.mix": "videomix"}},
-        "tsgf-hard": {"student": {"model.init_args.labels": "hard"}}}})
-    out = tmp_path / "out"
-    stages = {st.name: st for st in plan(cfg, out, load_pipeline_config(cfg / "pipeline.yaml"))}
-    # teacher, 2 IPCs x (shared synthesis + sre2l synthesis + 5 student methods x 2 seeds)
-    assert len(stages) == 1 + 2 * (2 + 5 * 2)
-    assert list(stages)[:2] == ["teacher", "student_random_ipc1_seed0"]  # IPCs run in increasing order
-    ckpt = f"--model.init_args.teacher_ckpt={out / 'teacher' / 'checkpoints' / 'last.ckpt'}"
-
-    random = stages["student_random_ipc2_seed1"].command()
-    for arg in ("--data.train_set=random", "--data.ipc=2", "--data.subset_seed=1", "--seed_everything=1",
-                "--model.init_args.seed=1", "--model.init_args.labels=hard", "--model.init_args.mix=none", ckpt,
-                f"--trainer.logger.init_args.save_dir={out / 'students' / 'random' / 'ipc2'}",
-                "--trainer.logger.init_args.name=seed1", "--trainer.logger.init_args.version=", "--resume", "--test"):
-        assert arg in random
-    assert random[random.index("--result") + 1] == str(out / "students" / "random" / "ipc2" / "seed1" / "result.json")
-    rs = stages["student_random+student_ipc1_seed0"].command()
-    assert "--data.train_set=random" in rs and not any("labels" in a or "mix" in a for a in rs)
-
-    shared = stages["synthesis_ipc2"]
-    assert "--model.init_args.ipc=2" in shared.command() and ckpt in shared.command() and not shared.test
-    assert shared.outputs == (out / "synthesis_ipc2" / "distilled.pt",)
-    own = stages["synthesis_sre2l_ipc2"]
-    assert "--model.init_args.mask=none" in own.command()
-    assert own.outputs == (out / "synthesis" / "sre2l_ipc2" / "distilled.pt",)
-    assert f"--data.distilled_path={own.outputs[0]}" in stages["student_sre2l_ipc2_seed0"].command()
-    assert "--model.init_args.mix=videomix" in stages["student_sre2l_ipc2_seed0"].command()
-    hard = stages["student_tsgf-hard_ipc2_seed0"].command()
-    assert f"--data.distilled_path={shared.outputs[0]}" in hard and "--model.init_args.labels=hard" in hard
-
-
-def test_plan_on_the_validation_split_with_a_given_teacher(tmp_path, tiny_dir):
-    teacher = tmp_path / "elsewhere" / "last.ckpt"
-    cfg = tiny_dir({"ipc": [1], "seeds": 2, "methods": ["random+student", "tsgf"], "split": "val",
-                    "teacher": str(teacher)})
-    stages = plan(cfg, tmp_path / "out", load_pipeline_config(cfg / "pipeline.yaml"))
-    assert sorted(st.kind for st in stages) == ["student"] * 4 + ["synthesis"]  # no teacher stage
-    for st in stages:
-        cmd = st.command()
-        assert f"--model.init_args.teacher_ckpt={teacher}" in cmd and "--test" not in cmd
-        assert ("--validate" in cmd) == (st.kind == "student")
-        assert "teacher" not in st.needs
-    assert stages[-1].needs == ("synthesis_ipc1",)
-
-
-def test_aggregate_mean_and_sample_std_against_a_naive_loop():
-    runs = [{"method": "m", "ipc": 1, "arch": "A", "seed": s, "top1": t1, "top5": t5}
-            for s, (t1, t5) in enumerate([(0.2, 0.5), (0.5, 0.9), (0.35, 0.7)])]
-    runs.append({"method": "full", "ipc": None, "arch": "A", "seed": None, "top1": 0.9, "top5": 1.0})
-    rows = aggregate(runs)
-    assert [r["method"] for r in rows] == ["m", "full"]
-    m, full = rows
-    mean = (0.2 + 0.5 + 0.35) / 3
-    var = ((0.2 - mean) ** 2 + (0.5 - mean) ** 2 + (0.35 - mean) ** 2) / (3 - 1)
-    assert m["seeds"] == 3
-    assert m["top1_mean"] == pytest.approx(mean) and m["top1_std"] == pytest.approx(math.sqrt(var))
-    assert m["top5_std"] == pytest.approx(0.2)  # 0.5, 0.9, 0.7: deviations -0.2, 0.2, 0 -> sqrt(0.08 / 2)
-    assert (full["seeds"], full["top1_std"], full["ipc"]) == (1, 0.0, None)
-
-
-def test_write_results_for_several_ipcs(tmp_path):
-    rows = [{"method": "full", "ipc": None, "arch": "A", "seeds": 1, "top1_mean": 0.8, "top1_std": 0.0,
-             "top5_mean": 1.0, "top5_std": 0.0}]
-    rows += [{"method": "tsgf", "ipc": k, "arch": "A", "seeds": 3, "top1_mean": 0.1 * k, "top1_std": 0.01,
-              "top5_mean": 0.5, "top5_std": 0.02} for k in (1, 5, 10)]
-    paths = write_results(tmp_path, rows, tensorboard=False)
-    assert json.loads(paths["json"].read_text()) == rows
-    md = paths["md"].read_text()
-    assert "| method | arch | seeds | all data | IPC 1 | IPC 5 | IPC 10 |" in md
-    assert "| tsgf | A | 3 |  | 10.0 ± 1.0 | 50.0 ± 1.0 | 100.0 ± 1.0 |" in md
-    assert "| full | A | 1 | 80.0 ± 0.0 |  |  |  |" in md
-    assert plot_accuracy_vs_ipc(rows, tmp_path / "p.png").stat().st_size > 1000
 
 
 # ---------------------------------------------------------------------- (4) independent stages at once

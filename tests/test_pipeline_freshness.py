@@ -19,7 +19,7 @@ from tsgf_lightning.fingerprint import IGNORED_KEYS, fingerprint, flatten, resol
 from tsgf_lightning.freshness import FINGERPRINT_FILE, prepare_launch, statuses
 from tsgf_lightning.pipeline import PipelineError, load_pipeline_config, plan, resolve_stages, run_pipeline
 
-from .pipeline_utils import FOUR, run_cli
+from .pipeline_utils import FOUR, make_config_dir, run_cli
 
 STUDENTS = [f"student_{m}_ipc1_seed{s}" for m in FOUR[1:] for s in (0, 1)]
 TSGF_STUDENTS = ["student_tsgf_ipc1_seed0", "student_tsgf_ipc1_seed1"]
@@ -58,8 +58,8 @@ def stage_lines(stdout: str) -> dict[str, str]:
 def test_the_fingerprint_hashes_the_resolved_config_and_the_inputs_contents(finished_pipeline):
     cfg, out, _ = finished_pipeline
     teacher = out / "teacher" / "checkpoints" / "last.ckpt"
-    resolved = resolve_config(cfg / "student.yaml", [f"--model.init_args.teacher_ckpt={teacher}",
-                                                      "--data.train_set=random"])
+    resolved = resolve_config([cfg / "data.yaml", cfg / "student.yaml"], [f"--model.init_args.teacher_ckpt={teacher}",
+                                                                          "--data.train_set=random"])
     fp = fingerprint(resolved)
     # defaults the YAML never states are part of it; paths and speed knobs are not
     assert fp["config"]["model.init_args.temperature"] == 4.0 and fp["config"]["model.init_args.mix_alpha"] == 1.0
@@ -74,6 +74,51 @@ def test_the_fingerprint_hashes_the_resolved_config_and_the_inputs_contents(fini
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
 
 
+def merged(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, key by key (how a later --config file composes with an earlier one)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def test_a_composed_config_has_the_fingerprint_of_one_file_holding_the_same_values(tmp_path, tiny_embedded,
+                                                                                    shared_cache_dir):
+    (tmp_path / "t.ckpt").write_bytes(b"a teacher")
+    composed = make_config_dir(tmp_path / "composed", tiny_embedded, shared_cache_dir,
+                               {"ipc": [1, 2], "seeds": 1, "methods": ["tsgf"], "teacher": str(tmp_path / "t.ckpt")})
+    at_ipc2 = {"synthesis": {"model": {"init_args": {"lr": 0.5}}},
+               "student": {"trainer": {"max_epochs": 2}, "data": {"crop_scale": [0.9, 1.0]}}}
+    for stage, cfg in at_ipc2.items():
+        (composed / f"{stage}_ipc2.yaml").write_text(yaml.safe_dump(cfg))
+    data = yaml.safe_load((composed / "data.yaml").read_text())
+
+    def whole(k: int) -> Path:
+        """A dir of the old layout: each stage one file holding what the composed dir gives at IPC ``k``."""
+        d = tmp_path / f"whole{k}"
+        d.mkdir()
+        shutil.copy(composed / "pipeline.yaml", d)
+        for stage in ("synthesis", "student"):
+            cfg = merged(data, yaml.safe_load((composed / f"{stage}.yaml").read_text()))
+            (d / f"{stage}.yaml").write_text(yaml.safe_dump(merged(cfg, at_ipc2[stage]) if k == 2 else cfg))
+        return d
+
+    out = tmp_path / "out"
+    pipeline = load_pipeline_config(composed / "pipeline.yaml")
+    stages = plan(composed, out, pipeline)
+    for p in (p for st in stages for p in st.outputs):  # the distilled sets the students fingerprint
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"a distilled set")
+    resolved = resolve_stages(stages)
+    alike = {k: {st.name: st for st in plan(whole(k), out, pipeline)} for k in (1, 2)}
+    for st in stages:
+        one = alike[st.ipc][st.name]
+        assert len(one.configs) == 1 and len(st.configs) == (3 if st.ipc == 2 else 2)
+        assert fingerprint(resolved[st.name]) == fingerprint(resolve_stages([one])[one.name]), st.name
+    lr = [fingerprint(resolved[f"synthesis_ipc{k}"])["config"]["model.init_args.lr"] for k in (1, 2)]
+    assert lr == [0.01, 0.5]  # the IPC file applies at its IPC only
+
+
 @pytest.mark.parametrize("file, key, value, stale, reason", [
     ("teacher.yaml", "trainer.max_epochs", 2, ["teacher", "synthesis_ipc1", *STUDENTS], "trainer.max_epochs: 1 -> 2"),
     ("synthesis.yaml", "trainer.max_steps", 4, ["synthesis_ipc1", *TSGF_STUDENTS], "trainer.max_steps: 3 -> 4"),
@@ -81,6 +126,7 @@ def test_the_fingerprint_hashes_the_resolved_config_and_the_inputs_contents(fini
      "model.init_args.lr: 0.01 -> 0.5"),
     ("student.yaml", "model.init_args.temperature", 2.0, STUDENTS, "model.init_args.temperature: 4.0 -> 2.0"),
     ("student.yaml", "data.num_workers", 1, [], None),  # speed, not results: nothing reruns
+    ("data.yaml", "data.val_seed", 7, ["teacher", "synthesis_ipc1", *STUDENTS], "data.val_seed: 0 -> 7"),
 ])
 def test_a_changed_key_makes_its_stage_and_everything_downstream_stale(copied, file, key, value, stale, reason):
     cfg, out = copied
@@ -182,20 +228,18 @@ def test_an_output_dir_that_cannot_be_written_is_refused_before_anything(tmp_pat
 @pytest.mark.slow
 def test_unreadable_videos_are_reported_on_every_run_in_the_console_and_results_md(tmp_path, tiny_embedded,
                                                                                    shared_cache_dir, subprocess_env):
-    from .pipeline_utils import make_config_dir
-
     root = tiny_embedded.copy_to(tmp_path / "videos")  # VideoFolder layout: root/{train,test}/<class>/*.mkv
     bad = sorted((root / "train").rglob("*.mkv"))[5]
     bad.write_bytes(b"not a video")
     cfg = make_config_dir(tmp_path / "cfg", tiny_embedded, shared_cache_dir, {"ipc": [1], "seeds": 1,
                                                                             "methods": ["full"]})
-    edit(cfg / "teacher.yaml", "data.source", {"class_path": "tsgf_lightning.data.sources.VideoFolder",
-                                               "init_args": {"root": str(root)}})
+    edit(cfg / "data.yaml", "data.source", {"class_path": "tsgf_lightning.data.sources.VideoFolder",
+                                            "init_args": {"root": str(root)}})
     out = tmp_path / "out"
     for attempt in ("first run", "rerun, every stage skipped"):
         proc = run_cli(cfg, out, subprocess_env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert f"warning: 1 unreadable video(s) left out of the 'fit' split: {bad}" in proc.stdout, attempt
+        assert f"warning: 1 unreadable video(s) left out of the 'fit' part: {bad}" in proc.stdout, attempt
     assert "skipped" in stage_lines(proc.stdout)["teacher"]
     md = (out / "results.md").read_text()
     assert "## Unreadable videos" in md and f"`fit`: 1 skipped: `{bad}`" in md

@@ -1,9 +1,10 @@
-"""StudentModule: saliency-gated VideoMix, teacher relabelling of the mixed clip, and its input checks.
+"""StudentModule: teacher relabelling of the mixed clip, the teacher held outside the module, and input checks.
 
-The mixing and loss tests call ``training_step`` directly on a stand-in network (a linear read-out of
-per-frame channel means that records what it was given) and infer what was mixed from the pixels
-alone (which voxels changed, whose values they took), independently of the mixing code. The fits run
-on conftest's tiny embedded set (8 classes, 8 frames at 48x48) with conftest's tiny teacher.
+The loss tests call ``training_step`` directly on a stand-in network (a linear read-out of per-frame
+channel means that records what it was given) and infer what was mixed from the pixels alone (which
+voxels changed, whose values they took), independently of the mixing code (``student_mix`` itself:
+tests/test_mixing.py). The fits run on conftest's tiny embedded set (8 classes, 8 frames at 48x48)
+with conftest's tiny teacher.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from torch.nn import functional as F
 from tsgf_lightning.data.datamodule import VideoDataModule
 from tsgf_lightning.data.distilled import DistilledSetError
 from tsgf_lightning.data.sources import VideoFolder
+from tsgf_lightning.data.spec import DataSpec
 from tsgf_lightning.export import export_distilled
 from tsgf_lightning.models import MiniC3D
 from tsgf_lightning.modules.frozen import FrozenTeacher
-from tsgf_lightning.modules.student import StudentModule, student_mix
+from tsgf_lightning.modules.student import StudentModule
 from tsgf_lightning.tsgf import soft_label_kd
-from tsgf_lightning.video import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
+from tsgf_lightning.video import IMAGENET_MEAN, IMAGENET_STD
 
 CHANNELS = (4, 8, 8)
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -34,86 +36,7 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 
-# ================================================================================ student_mix
 B, C, T, H, W = 3, 3, 8, 12, 12
-#: Clip b is flat grey, stepping from LOW[b] to HIGH[b] between frames JUMP[b] - 1 and JUMP[b]. With no
-#: smoothing (window 1), Eq. 6 gives d = (HIGH - LOW) / 2 on exactly those two frames and 0 elsewhere:
-#: with an absolute eps of 0.1 they are the key frames. All frame values differ between clips.
-LOW, HIGH, JUMP = (0.05, 0.12, 0.21), (0.45, 0.62, 0.66), (3, 5, 2)
-KEY = [{j - 1, j} for j in JUMP]
-SALIENCY = dict(window_length=1, window="uniform", eps=0.1, eps_mode="absolute")
-
-
-def stepped_clips() -> torch.Tensor:
-    """``(B, C, T, H, W)`` normalised with MEAN/STD (student_mix sees network inputs)."""
-    t = torch.arange(T)
-    levels = torch.stack([torch.where(t < j, lo, hi) for lo, hi, j in zip(LOW, HIGH, JUMP)])  # (B, T)
-    pixels = levels[:, None, :, None, None].expand(B, C, T, H, W).clone()
-    return normalize(pixels, MEAN, STD)
-
-
-def changed_box(out: torch.Tensor, video: torch.Tensor, i: int) -> list[torch.Tensor]:
-    """Per frame, the ``(H, W)`` bool map of pixels of clip ``i`` that mixing changed (any channel)."""
-    return [(out[i, :, t] != video[i, :, t]).any(0) for t in range(T)]
-
-
-def is_rectangle(region: torch.Tensor) -> bool:
-    rows, cols = region.any(1).nonzero().flatten(), region.any(0).nonzero().flatten()
-    full = torch.zeros_like(region)
-    full[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
-    return torch.equal(region, full)
-
-
-def test_tsgf_mix_pastes_one_box_into_non_key_frames_only() -> None:
-    video = stepped_clips()
-    out, partner, frac = student_mix(video, "tsgf", torch.Generator().manual_seed(3), MEAN, STD, **SALIENCY)
-    assert out.shape == video.shape and torch.equal(video, stepped_clips())  # input untouched
-    mixed = 0
-    for i in range(B):
-        regions = changed_box(out, video, i)
-        for t in KEY[i]:
-            assert not regions[t].any(), f"clip {i}: key frame {t} changed"
-        calm = [t for t in range(T) if t not in KEY[i]]
-        box = regions[calm[0]]
-        if partner[i] == i or not box.any():
-            assert frac[i] == 0 or partner[i] == i
-            continue
-        mixed += 1
-        assert is_rectangle(box)
-        for t in calm:  # the same box in every non-key frame, holding the partner's pixels
-            assert torch.equal(regions[t], box)
-            assert torch.equal(out[i, :, t][:, box], video[partner[i], :, t][:, box])
-            assert torch.equal(out[i, :, t][:, ~box], video[i, :, t][:, ~box])
-        expected = box.sum() * len(calm) / (H * W * T)
-        assert frac[i].item() == pytest.approx(expected.item())
-    assert mixed >= 2  # the draw mixed at least two clips: the checks above were exercised
-
-
-def test_videomix_changes_every_frame_inside_the_same_box() -> None:
-    video = stepped_clips()
-    tsgf, partner_t, _ = student_mix(video, "tsgf", torch.Generator().manual_seed(3), MEAN, STD, **SALIENCY)
-    out, partner, frac = student_mix(video, "videomix", torch.Generator().manual_seed(3), MEAN, STD, **SALIENCY)
-    assert torch.equal(partner, partner_t)
-    mixed = 0
-    for i in range(B):
-        regions = changed_box(out, video, i)
-        if partner[i] == i or not regions[0].any():
-            continue
-        mixed += 1
-        for t in range(T):  # key frames included
-            assert torch.equal(regions[t], regions[0])
-        assert frac[i].item() == pytest.approx(regions[0].sum().item() / (H * W))
-        # With the same draws, TSGF_A is VideoMix with the key frames restored.
-        for t in range(T):
-            expected = video[i, :, t] if t in KEY[i] else out[i, :, t]
-            assert torch.equal(tsgf[i, :, t], expected)
-    assert mixed >= 2
-
-
-def test_no_mix_leaves_the_batch_alone() -> None:
-    video = stepped_clips()
-    out, partner, frac = student_mix(video, "none", torch.Generator().manual_seed(3), MEAN, STD, **SALIENCY)
-    assert torch.equal(out, video) and torch.equal(partner, torch.arange(B)) and torch.all(frac == 0)
 
 
 # ================================================================================ training_step
@@ -137,9 +60,10 @@ class Recorder(nn.Module):
 
 
 def attached_student(**kwargs) -> StudentModule:
-    """A StudentModule on a Recorder, attached to a stand-in trainer (only what training_step reads)."""
-    module = StudentModule(lambda n: Recorder(n, seed=0), num_classes=4, **kwargs)
-    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(mean=MEAN, std=STD), global_step=0, global_rank=0)
+    """A StudentModule on a Recorder, given its data spec, attached to a stand-in trainer (step and rank only)."""
+    spec = DataSpec(["a", "b", "c", "d"], T, H, MEAN, STD)
+    module = StudentModule(lambda n: Recorder(n, seed=0), num_classes=4, data_spec=spec, **kwargs)
+    module._trainer = SimpleNamespace(global_step=0, global_rank=0)
     module.log = lambda *args, **kw: None
     return module
 
@@ -179,7 +103,7 @@ def test_soft_labels_come_from_the_teacher_on_the_mixed_clip() -> None:
     assert not torch.allclose(expected, unmixed_teacher)  # relabelling the unmixed clip would be detected
     loss.backward()
     assert module.net.readout.weight.grad is not None
-    assert all(p.grad is None for p in module.teacher.parameters())
+    assert all(p.grad is None for p in module.teacher.net.parameters())
 
 
 def test_hard_labels_are_mixed_by_the_voxel_fraction_taken_from_the_partner() -> None:
@@ -283,9 +207,35 @@ def test_teacher_is_frozen_through_a_student_fit(data, teacher_checkpoint, tmp_p
     assert now.keys() == saved.keys() and any("running_var" in k for k in now)
     for k in now:
         assert torch.equal(now[k], saved[k]), k
-    assert not any(m.training for m in module.teacher.modules())
-    assert all(p.grad is None and not p.requires_grad for p in module.teacher.parameters())
+    assert not any(m.training for m in module.teacher.net.modules())
+    assert all(p.grad is None and not p.requires_grad for p in module.teacher.net.parameters())
     assert any(not torch.equal(v, student_before[k]) for k, v in module.net.state_dict().items())  # the student learnt
+    # Outside the module tree: not a submodule, not a parameter, not in the state dict.
+    teacher_ids = {id(p) for p in module.teacher.net.parameters()}
+    assert not teacher_ids & {id(p) for p in module.parameters()}
+    assert not any(m is module.teacher.net for m in module.modules())
+    assert all(k.startswith(("net.", "val_", "test_")) for k in module.state_dict())
+
+
+def test_a_student_checkpoint_holds_no_teacher_and_resumes(data, teacher_checkpoint, tmp_path) -> None:
+    teacher_path = teacher_checkpoint(channels=CHANNELS)
+
+    def student() -> StudentModule:
+        return StudentModule(functools.partial(MiniC3D, channels=CHANNELS), 8, teacher_ckpt=teacher_path)
+
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(student(), datamodule=datamodule(data, train_set="random", ipc=2))
+    trainer.save_checkpoint(tmp_path / "student.ckpt")
+    ckpt = torch.load(tmp_path / "student.ckpt", weights_only=True)  # plain types: no DataSpec in it
+    assert not [k for k in ckpt["state_dict"] if k.startswith("teacher")]
+    assert "data_spec" not in ckpt["hyper_parameters"]
+    record = ckpt["tsgf"]
+    assert record["stage"] == "student" and record["class_names"] == data.embedded.source().class_names
+    assert (record["frames"], record["size"], record["mean"]) == (8, 48, list(IMAGENET_MEAN))
+    resumed = student()
+    again = quiet_trainer(tmp_path, max_steps=2)
+    again.fit(resumed, datamodule=datamodule(data, train_set="random", ipc=2), ckpt_path=tmp_path / "student.ckpt")
+    assert again.global_step == 2 and resumed.teacher is not None  # strict loading found every key
 
 
 @pytest.fixture(scope="module")
@@ -316,13 +266,3 @@ def test_a_teacher_of_other_clip_size_is_refused(data, teacher_checkpoint, tmp_p
     with pytest.raises(ValueError, match="size = 48 but the data config says 44") as err:
         quiet_trainer(tmp_path, max_steps=1).fit(module, datamodule=dm)
     assert teacher_path in str(err.value)
-
-
-def test_denormalised_saliency_is_what_gates_the_mix() -> None:
-    """The gate reads pixels, not network inputs: the same clip normalised differently gates the same frames."""
-    video = stepped_clips()
-    pixels = denormalize(video, MEAN, STD)
-    other = normalize(pixels, IMAGENET_MEAN, IMAGENET_STD)
-    a, _, _ = student_mix(video, "tsgf", torch.Generator().manual_seed(3), MEAN, STD, **SALIENCY)
-    b, _, _ = student_mix(other, "tsgf", torch.Generator().manual_seed(3), IMAGENET_MEAN, IMAGENET_STD, **SALIENCY)
-    torch.testing.assert_close(denormalize(a, MEAN, STD), denormalize(b, IMAGENET_MEAN, IMAGENET_STD))

@@ -1,11 +1,10 @@
-"""The teacher through the command line users run, and every shipped config file.
+"""The teacher through the command line users run.
 
 Subprocess tests run ``python -m tsgf_lightning`` exactly as a user would (``configs/embedded/
-teacher.yaml`` with overrides pointing it at the tiny embedded set and a narrow MiniC3D), from a
+data.yaml`` + ``teacher.yaml`` with overrides pointing it at the tiny embedded set and a narrow MiniC3D), from a
 temporary working directory: fit then test, a run killed mid-epoch and resumed with ``--ckpt_path
 last``, and a two-process DDP run on CPU. The in-process tests check that bad configs fail with a
-message naming the bad input, and that every YAML under ``configs/`` parses (and instantiates where
-its dataset is present).
+message naming the bad input (every shipped config file: ``tests/test_configs.py``).
 """
 
 from __future__ import annotations
@@ -17,27 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import yaml
 
 from tsgf_lightning import cli
-from tsgf_lightning.data.datamodule import VideoDataModule
 from tsgf_lightning.data.sources import validation_split
 
 REPO = Path(__file__).resolve().parent.parent
+DATA_YAML = REPO / "configs" / "embedded" / "data.yaml"
 TEACHER_YAML = REPO / "configs" / "embedded" / "teacher.yaml"
-
-
-def _is_cli_config(path: Path) -> bool:
-    """A LightningCLI config names a ``model`` (other YAMLs, e.g. the pipeline's, are for other tools)."""
-    node = yaml.safe_load(path.read_text())
-    return isinstance(node, dict) and "model" in node
-
-
-#: Every LightningCLI config under configs/, found afresh on each run (others keep adding configs).
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.y*ml") if _is_cli_config(p))
+#: The embedded teacher as users run it: the dataset's data file, then the stage's own.
+TEACHER_CONFIGS = ("--config", str(DATA_YAML), "--config", str(TEACHER_YAML))
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -54,7 +44,7 @@ def _cli_sandbox(monkeypatch):
 
 def teacher_command(subcommand: str, tiny_embedded, cache_dir: str, runs: Path, *extra: str) -> list[str]:
     """The shipped embedded teacher config, pointed at the tiny data, a narrow network and ``runs``."""
-    return [sys.executable, "-m", "tsgf_lightning", subcommand, "--config", str(TEACHER_YAML),
+    return [sys.executable, "-m", "tsgf_lightning", subcommand, *TEACHER_CONFIGS,
             *tiny_embedded.cli_args(),
             "--model.init_args.backbone.init_args.channels=[4, 8, 8]",
             f"--data.cache_dir={cache_dir}", "--data.num_workers=0", "--data.decode_workers=1",
@@ -84,10 +74,10 @@ def scalars(run_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
 def fit_size(tiny_embedded) -> int:
     """Training videos of the tiny set left after the teacher config's validation carve-out."""
     items = tiny_embedded.source().items("train")
-    fraction = config_value(TEACHER_YAML, "data", "val_fraction", default=0.0)
+    fraction = config_value(DATA_YAML, "data", "val_fraction", default=0.0)
     if not fraction:
         return len(items)
-    return len(validation_split(items, fraction, config_value(TEACHER_YAML, "data", "val_seed", default=0))[0])
+    return len(validation_split(items, fraction, config_value(DATA_YAML, "data", "val_seed", default=0))[0])
 
 
 def config_value(path: Path, *keys: str, default=None):
@@ -188,14 +178,17 @@ def test_ddp_on_two_cpu_processes(tiny_embedded, shared_cache_dir, subprocess_en
 
 
 def test_the_shared_teacher_checkpoint_loads_as_a_frozen_teacher(teacher_checkpoint, tiny_embedded):
+    from tsgf_lightning.data.spec import DataSpec
     from tsgf_lightning.modules.frozen import load_teacher
+    from tsgf_lightning.video import IMAGENET_MEAN, IMAGENET_STD
 
     path = teacher_checkpoint()
     assert teacher_checkpoint(channels=[4, 8, 8]) == path  # cached per argument set
     names = tiny_embedded.source().class_names
-    teacher, record = load_teacher(path, 8, class_names=names, frames=8, size=48)
+    teacher, record = load_teacher(path, 8, spec=DataSpec(names, 8, 48, IMAGENET_MEAN, IMAGENET_STD))
     assert record["stage"] == "teacher" and record["arch"]["init_args"]["channels"] == [4, 8, 8]
-    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert (record["class_names"], record["frames"], record["size"]) == (names, 8, 48)
+    assert not teacher.net.training and not any(p.requires_grad for p in teacher.net.parameters())
     with torch.no_grad():
         assert teacher(torch.zeros(2, 3, 8, 48, 48)).shape == (2, 8)
 
@@ -204,7 +197,7 @@ def test_the_shared_teacher_checkpoint_loads_as_a_frozen_teacher(teacher_checkpo
 
 def test_an_unknown_architecture_is_named_in_the_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--config", str(TEACHER_YAML), "--model.init_args.backbone=tsgf_lightning.models.NoSuchNet"],
+        cli.main([*TEACHER_CONFIGS, "--model.init_args.backbone=tsgf_lightning.models.NoSuchNet"],
                  run=False)
     assert exit_info.value.code != 0
     assert "tsgf_lightning.models.NoSuchNet" in capsys.readouterr().err
@@ -234,52 +227,5 @@ def test_a_missing_split_file_is_named(tmp_path):
 
 def test_distilled_training_without_a_path_is_refused(tiny_embedded, tmp_path):
     with pytest.raises(ValueError, match="distilled_path"):
-        cli.main(["--config", str(TEACHER_YAML), *tiny_embedded.cli_args(), "--data.train_set=distilled",
+        cli.main([*TEACHER_CONFIGS, *tiny_embedded.cli_args(), "--data.train_set=distilled",
                   f"--trainer.default_root_dir={tmp_path}"], run=False)
-
-
-# ---------------------------------------------------------------------------------- config files
-
-class _ParseOnly(cli.TSGFCLI):
-    """The CLI's parser and checks (class paths import, init_args match signatures), no objects built."""
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
-def test_configs_are_discovered():
-    assert TEACHER_YAML in CONFIGS and len(CONFIGS) >= 2
-    assert all(config.suffix in (".yaml", ".yml") for config in CONFIGS)
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
-def test_config_parses(config, monkeypatch):
-    monkeypatch.setattr(cli, "TSGFCLI", _ParseOnly)  # cli.main builds exactly what users get, minus instantiation
-    parsed = cli.main(["--config", str(config)], run=False).config
-    assert parsed["model"]["class_path"].startswith("tsgf_lightning.modules.")
-    assert parsed["data"]["source"]["class_path"].startswith("tsgf_lightning.data.sources.")
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
-def test_config_instantiates(config, tiny_embedded, tmp_path, monkeypatch):
-    """Build model, data and trainer as ``fit`` would (nothing is read but index files).
-
-    Embedded configs are pointed at the tiny embedded set (their own root would be generated: a
-    minute of CPU). Configs of external datasets are built when their root exists, relative to the
-    repository as the configs' comments assume, and skipped (naming the root) when it does not.
-    """
-    monkeypatch.chdir(REPO)
-    source = config_value(config, "data", "source", "class_path", default="")
-    overrides = [f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"]
-    if source.endswith(".Embedded"):
-        overrides += tiny_embedded.cli_args()
-    else:
-        root = config_value(config, "data", "source", "init_args", "root")
-        if root is None or not (REPO / root).exists():
-            pytest.skip(f"{config.relative_to(REPO)}: dataset root {root} not present")
-    if config_value(config, "trainer", "logger", "init_args", "save_dir") is not None:
-        overrides.append(f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}")
-    built = cli.main(["--config", str(config), *overrides], run=False)
-    assert isinstance(built.model, L.LightningModule) and isinstance(built.datamodule, VideoDataModule)
-    assert built.model.num_classes == built.datamodule.num_classes  # linked, never stated twice
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()  # building writes nothing

@@ -1,8 +1,8 @@
 """``python -m tsgf_lightning {fit,validate,test} --config FILE``: one LightningCLI for every stage.
 
 Subclass mode: the YAML's ``model.class_path`` picks TeacherModule, SynthesisModule or StudentModule;
-all share :class:`~tsgf_lightning.data.datamodule.VideoDataModule`, whose ``num_classes`` is linked
-into the model, so a config never states the class count twice.
+all share :class:`~tsgf_lightning.data.datamodule.VideoDataModule`, whose ``num_classes`` and ``spec``
+(class names, clip geometry, normalisation) are linked into the model, so a config never states them twice.
 
 A wrong input stops the run before anything trains, with one line that names it: the parser's
 errors are cut down to the bad key and the innermost reason (the full usage and jsonargparse's
@@ -289,7 +289,10 @@ def _config_files(argv) -> tuple[str, ...]:
 
 class TSGFCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        # Linked targets are neither user-settable nor printed by --print_config; `data_spec` (a DataSpec, not a
+        # plain type) stays out of the modules' saved hyper-parameters (tsgf_lightning.data.spec).
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.spec", "model.init_args.data_spec", apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:
         """Parse as LightningCLI does, naming the config files in errors and refusing a broken ``--ckpt_path``.

@@ -73,6 +73,33 @@ def export_distilled(out_dir: str | Path, videos: Tensor, labels: Tensor, class_
     return path
 
 
+def synthesis_record(spec, ipc: int, factor: int, teacher_record: dict, init_paths: list[str],
+                     saturated_fraction: float | None, init_saturated_fraction: float | None, config: dict) -> dict:
+    """The ``tsgf`` record of a synthesis checkpoint: what :func:`export_synthesis` needs besides the videos.
+
+    Args:
+        spec: the data's :class:`~tsgf_lightning.data.spec.DataSpec`.
+        teacher_record: :func:`~tsgf_lightning.modules.frozen.load_teacher`'s record (``sha256``, ``arch``).
+        config: the module's hyper-parameters (``mask: none`` names the method ``sre2l``).
+    """
+    return {"stage": "synthesis", "num_classes": spec.num_classes, "class_names": list(spec.class_names),
+            "ipc": int(ipc), "factor": int(factor), "mean": list(spec.mean), "std": list(spec.std),
+            "method": "tsgf" if config.get("mask") != "none" else "sre2l",
+            "teacher_sha256": teacher_record["sha256"], "teacher_arch": teacher_record["arch"],
+            "init_paths": list(init_paths), "saturated_fraction": saturated_fraction,
+            "init_saturated_fraction": init_saturated_fraction, "config": plain_types(config)}
+
+
+def export_synthesis(out_dir: str | Path, videos: Tensor, labels: Tensor, record: dict, steps: int,
+                     media: bool = True) -> Path:
+    """Export ``[0, 1]`` synthetic videos as described by a synthesis record (the module's, or a checkpoint's)."""
+    return export_distilled(out_dir, videos, labels, record["class_names"], record["ipc"], record["mean"],
+                            record["std"], method=record.get("method", "tsgf"),
+                            teacher_sha256=record.get("teacher_sha256", ""), config=record.get("config", {}),
+                            extra={**{k: record[k] for k in SYNTHESIS_EXTRAS if k in record}, "steps": int(steps)},
+                            media=media, factor=int(record.get("factor", 1)))
+
+
 def export_from_checkpoint(ckpt_path: str, out_dir: str, media: bool = True) -> Path:
     """Export the set held by a SynthesisModule checkpoint."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -80,12 +107,8 @@ def export_from_checkpoint(ckpt_path: str, out_dir: str, media: bool = True) -> 
     if record.get("stage") != "synthesis":
         raise ValueError(f"{ckpt_path} is not a SynthesisModule checkpoint (stage {record.get('stage')!r})")
     videos = denormalize(ckpt["state_dict"]["videos"].float(), record["mean"], record["std"])
-    return export_distilled(out_dir, videos, ckpt["state_dict"]["labels"], record["class_names"], record["ipc"],
-                            record["mean"], record["std"], method=record.get("method", "tsgf"),
-                            teacher_sha256=record.get("teacher_sha256", ""), config=record.get("config", {}),
-                            extra={"steps": int(ckpt.get("global_step", 0)),
-                                   **{k: record[k] for k in SYNTHESIS_EXTRAS if k in record}}, media=media,
-                            factor=int(record.get("factor", 1)))
+    return export_synthesis(out_dir, videos, ckpt["state_dict"]["labels"], record, int(ckpt.get("global_step", 0)),
+                            media=media)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 A stage's fingerprint is
 
-- ``config``: its resolved LightningCLI config (the YAML file, the pipeline's overrides and every
+- ``config``: its resolved LightningCLI config (the YAML files, the pipeline's overrides and every
   default, as ``--print_config`` resolves them), flattened to dotted keys, less :data:`IGNORED_KEYS`;
 - ``inputs``: content hashes of what it reads: the teacher checkpoint (``teacher``), the distilled
   set (``distilled``) and the decoded data (``data``: the decode-cache key of each split, which hashes
@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,12 @@ class ConfigResolveError(ValueError):
         self.text = text
 
 
-def resolve_config(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """The stage config as LightningCLI resolves it (file, overrides, defaults), parsed, never instantiated.
+def resolve_config(configs: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> dict:
+    """The stage config as LightningCLI resolves it (files, overrides, defaults), parsed, never instantiated.
+
+    ``configs`` (one file or several) are composed in order, as repeated ``--config`` compose them
+    (later files win, key by key), so a composition resolves to exactly what one file holding the
+    same values does, and has the same fingerprint.
 
     Raises:
         ConfigResolveError: the arguments do not parse (the parser's message, from ``error:`` on).
@@ -53,11 +58,12 @@ def resolve_config(config: str | Path, overrides: list[str] | tuple[str, ...] = 
 
     from .cli import main as cli_main
 
+    files = [configs] if isinstance(configs, (str, Path)) else list(configs)
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # sys.argv is ours
-            cli_main(["--config", str(config), *overrides, "--print_config"], run=False)
+            cli_main([arg for f in files for arg in ("--config", str(f))] + [*overrides, "--print_config"], run=False)
     except SystemExit as exc:
         if exc.code not in (0, None):
             text = err.getvalue()
@@ -124,9 +130,9 @@ def data_key(data_config: dict) -> dict:
         parser.add_class_arguments(VideoDataModule, "data")
         args = {k: v for k, v in data_config.items() if k in _DATA_IDENTITY}
         dm = parser.instantiate(parser.parse_object({"data": args})).data
-        items = dm._items()
-        _DATA_KEYS[memo] = {split: cache_file(".", dm.source.cache_key(), split, items[split], dm._spec(split)).name
-                            for split in ("fit", "val", "test") if items[split]}
+        items = dm.items_by_part()
+        _DATA_KEYS[memo] = {part: cache_file(".", dm.source.cache_key(), part, items[part], dm.clip_spec(part)).name
+                            for part in ("fit", "val", "test") if items[part]}
     return _DATA_KEYS[memo]
 
 

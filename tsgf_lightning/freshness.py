@@ -53,12 +53,18 @@ def read_result(stage) -> tuple[dict | None, str | None]:
 
 
 def incomplete(stage) -> str | None:
-    """Why the stage has not finished (no or unreadable result, a missing output or split), or None."""
+    """Why the stage has not finished (no or unreadable result, a missing output or split), or None.
+
+    A result without the ``stage`` entry (what the stage was: :func:`tsgf_lightning.stage.describe`)
+    was written by an older version and counts as unfinished, since the table is built from it.
+    """
     if not stage.result.exists():
         return f"it has no result {stage.result}"
     result, unreadable = read_result(stage)
     if unreadable:
         return unreadable
+    if not isinstance(result.get("stage"), dict):
+        return f"its result {stage.result} does not say what the stage was (written by an older version)"
     missing = [str(p) for p in stage.outputs if not p.exists()]
     if missing:
         return f"its output {missing[0]} is missing"
@@ -78,7 +84,8 @@ def stage_status(stage, resolved: dict, rerun: set[str]) -> Status:
         if upstream:
             return Status("stale", [f"stage {', '.join(upstream)} runs again"])
         current = fingerprint(resolved)
-        recorded = _recorded(stage.result, "fingerprint")
+        recorded = (read_result(stage)[0] or {}).get("fingerprint")
+        recorded = recorded if isinstance(recorded, dict) else None
         if recorded is not None and recorded.get("digest") == current["digest"]:
             return Status("done", [], current["digest"])
         return Status("stale", changes(recorded, current), current["digest"])
@@ -97,13 +104,12 @@ def stage_status(stage, resolved: dict, rerun: set[str]) -> Status:
                             + "; ".join(changes(recorded, current))], current["digest"])
 
 
-def _recorded(path: Path, key: str | None = None) -> dict | None:
-    """The fingerprint in ``path`` (under ``key`` of it, for a result), or None when there is none to read."""
+def _recorded(path: Path) -> dict | None:
+    """The fingerprint a ``fingerprint.json`` holds, or None when there is none to read."""
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    found = found.get(key) if key is not None and isinstance(found, dict) else found
     return found if isinstance(found, dict) else None
 
 

@@ -104,22 +104,22 @@ def _accuracy_table(rows: Sequence[Mapping], metric: str) -> list[str]:
     return lines
 
 
-SPLIT_WORDS = {"test": "the real test split", "val": "the validation carve-out of the training split"}
+EVALUATED_ON = {"test": "the real test split", "val": "the validation carve-out of the training split"}
 
 
-def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None, split: str = "test",
+def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None, evaluate_on: str = "test",
                      skipped: Mapping[str, Sequence[str]] | None = None) -> str:
     """The readable table: methods x IPC, ``mean ± std`` in %, top-1 then top-5, then stage wall times.
 
     Args:
         rows: aggregated rows (:func:`aggregate`).
         stages: optional ``{"stage", "status", "wall_s", "top1"}`` records, one per pipeline stage.
-        split: what the accuracies were measured on: ``test`` or ``val`` (named in the heading).
-        skipped: unreadable videos left out of each decoded split (``{"fit": [paths], ...}``), listed
+        evaluate_on: what the accuracies were measured on: ``test`` or ``val`` (named in the heading).
+        skipped: unreadable videos left out of each decoded part (``{"fit": [paths], ...}``), listed
             under the table so that nobody reads a number without knowing what it lacks.
     """
-    out = ["# Results" if split == "test" else "# Validation results (for choosing settings; not test accuracy)", "",
-           f"Accuracy on {SPLIT_WORDS[split]} in %: mean ± sample standard deviation over student seeds "
+    out = ["# Results" if evaluate_on == "test" else "# Validation results (for choosing settings; not test accuracy)",
+           "", f"Accuracy on {EVALUATED_ON[evaluate_on]} in %: mean ± sample standard deviation over student seeds "
            "(0 for one run). `all data`: the teacher, trained on the real training split less any validation "
            "carve-out.", "",
            "## Top-1", "", *_accuracy_table(rows, "top1"), "",
@@ -148,7 +148,8 @@ def results_markdown(rows: Sequence[Mapping], stages: Sequence[Mapping] | None =
 
 
 # ---------------------------------------------------------------------- plot
-def plot_accuracy_vs_ipc(rows: Sequence[Mapping], path: str | Path, metric: str = "top1", split: str = "test") -> Path:
+def plot_accuracy_vs_ipc(rows: Sequence[Mapping], path: str | Path, metric: str = "top1",
+                         evaluate_on: str = "test") -> Path:
     """Line per ``(method, arch)`` of ``metric`` (%) against IPC with std error bars; ``ipc: None`` rows dashed.
 
     Uses matplotlib's object-oriented ``Figure`` (rendered by Agg) rather than pyplot, so no global
@@ -188,7 +189,7 @@ def plot_accuracy_vs_ipc(rows: Sequence[Mapping], path: str | Path, metric: str 
         if pad:
             ax.set_xlim(ipcs[0] - pad, ipcs[0] + pad)
     ax.set_xlabel("videos per class (IPC)")
-    ax.set_ylabel(f"{split} {metric.replace('top', 'top-')} accuracy (%)")
+    ax.set_ylabel(f"{evaluate_on} {metric.replace('top', 'top-')} accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -223,11 +224,11 @@ def log_summary_to_tensorboard(log_dir: str | Path, markdown: str, image_path: s
 
 
 def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None,
-                  tensorboard: bool = True, split: str = "test",
+                  tensorboard: bool = True, evaluate_on: str = "test",
                   skipped: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
     """Write ``results.json``, ``results.md``, ``accuracy_vs_ipc.png`` and (optionally) ``summary/`` under ``out_dir``.
 
-    ``split`` names what the accuracies were measured on (``test``, or ``val`` for a settings search).
+    ``evaluate_on`` names what the accuracies were measured on (``test``, or ``val`` for a settings search).
 
     Returns:
         The written paths by name (``json``, ``md``, ``png``, and ``tensorboard`` when written).
@@ -236,9 +237,9 @@ def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence
     rows = [{k: row[k] for k in (*ROW_KEYS, *OPTIONAL_KEYS) if k in row} for row in rows]
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "accuracy_vs_ipc.png"}
     write_text_atomic(paths["json"], json.dumps(rows, indent=2) + "\n")
-    markdown = results_markdown(rows, stages, split, skipped)
+    markdown = results_markdown(rows, stages, evaluate_on, skipped)
     write_text_atomic(paths["md"], markdown)
-    plot_accuracy_vs_ipc(rows, paths["png"], split=split)
+    plot_accuracy_vs_ipc(rows, paths["png"], evaluate_on=evaluate_on)
     if tensorboard:
         paths["tensorboard"] = out / "summary"
         log_summary_to_tensorboard(paths["tensorboard"], markdown, paths["png"])

@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 import yaml
 from jsonargparse import ArgumentParser
 
 from .data.datamodule import VideoDataModule
+from .data.selection import METHODS, select_clips
 from .export import export_distilled
 from .modules.frozen import load_teacher
 from .tsgf.multiformation import pack_tiles
-from .tsgf.selection import check_clips_per_class, select_per_class
-from .video import normalize
-
-METHODS = ("random", "herding", "kcenter", "confident")
 
 
 def datamodule_from_config(config_path: str, overrides: dict | None = None) -> VideoDataModule:
@@ -40,39 +36,6 @@ def datamodule_from_config(config_path: str, overrides: dict | None = None) -> V
     parser.add_class_arguments(VideoDataModule, "data")
     cfg = parser.parse_object({"data": data_cfg})
     return parser.instantiate_classes(cfg).data
-
-
-@torch.no_grad()
-def teacher_outputs(teacher, clips: torch.Tensor, mean, std, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features ``(N, D)`` and logits ``(N, K)`` of uint8 clips ``(N, C, T, H, W)``."""
-    feats, logits = [], []
-    for i in range(0, len(clips), batch_size):
-        x = normalize(clips[i:i + batch_size].float() / 255.0, mean, std)
-        f = teacher.net.features(x)
-        feats.append(f)
-        logits.append(teacher.net.classifier(f))
-    return torch.cat(feats), torch.cat(logits)
-
-
-def select(dm: VideoDataModule, method: str, ipc: int, seed: int = 0, teacher_ckpt: str | None = None,
-           factor: int = 1) -> tuple:
-    """``(clips uint8 (N, C, T, S, S), labels, indices into split("fit"))`` chosen by ``method``.
-
-    ``ipc * factor^2`` clips per class, class-major: with multi-formation each run of ``factor^2``
-    clips is packed into one stored video. Raises, naming the class, if some class has too few clips.
-    """
-    if method not in METHODS:
-        raise ValueError(f"Expected argument `method` to be one of {METHODS} but got {method!r}")
-    if method == "random":
-        return dm.random_subset(ipc, seed, factor)
-    if teacher_ckpt is None:
-        raise ValueError(f"selection {method!r} needs a teacher checkpoint (--teacher-ckpt)")
-    clips, labels = dm.real_clips("fit")
-    check_clips_per_class(labels, dm.class_names, ipc, factor)
-    teacher, _ = load_teacher(teacher_ckpt, dm.num_classes, None, dm.class_names, dm.frames, dm.size)
-    features, logits = teacher_outputs(teacher, clips, dm.mean, dm.std)
-    idx = select_per_class(labels, ipc * factor * factor, method, features=features, logits=logits)
-    return clips[idx], labels[idx], idx
 
 
 def _at_least_one(text: str) -> int:
@@ -98,11 +61,15 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--no-media", action="store_true", help="write distilled.pt only")
     args = p.parse_args(argv)
+    if args.method != "random" and args.teacher_ckpt is None:
+        p.error(f"--method {args.method} ranks clips by a teacher's outputs: give --teacher-ckpt")
     dm = datamodule_from_config(args.config, {"train_set": "real", "distilled_path": None})
+    # Loaded (and checked against the data) once, before any decoding.
+    teacher = None if args.method == "random" else load_teacher(args.teacher_ckpt, dm.num_classes, spec=dm.spec)[0]
     dm.prepare_data()
     f2 = args.factor ** 2
-    clips, labels, idx = select(dm, args.method, args.ipc, args.seed, args.teacher_ckpt, args.factor)
-    paths = dm.split("fit").paths
+    clips, labels, idx = select_clips(dm, args.method, args.ipc, args.seed, teacher, args.factor)
+    paths = dm.part("fit").paths
     stored = pack_tiles(clips.float() / 255.0, args.factor)
     config = {"config": args.config, "method": args.method, "ipc": args.ipc, "seed": args.seed, "factor": args.factor}
     path = export_distilled(args.output_dir, stored, labels[::f2], dm.class_names, args.ipc, list(dm.mean),

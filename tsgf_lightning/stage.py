@@ -1,13 +1,15 @@
 """Run one stage: ``fit`` (resuming from ``last`` when asked) and optionally ``test``, in one process.
 
-``python -m tsgf_lightning.stage --config FILE [--model.init_args.x=...] [--resume] [--validate] [--test]
-[--result OUT.json] [--fingerprint F.json]``
+``python -m tsgf_lightning.stage --config FILE [--config MORE ...] [--model.init_args.x=...] [--resume]
+[--validate] [--test] [--method NAME] [--result OUT.json] [--fingerprint F.json]``
 
 ``--validate`` records the validation carve-out's metrics after fit (how hyper-parameters are chosen,
 never on the test split). ``--fingerprint`` copies a fingerprint file (written by the pipeline from
 the resolved config and the inputs' content hashes: :mod:`~tsgf_lightning.fingerprint`) into the
-result, so the result says what produced it. Everything but these flags goes to LightningCLI
-unchanged, so a stage is exactly what
+result, so the result says what produced it. The result's ``stage`` entry says what the stage was
+(:func:`describe`): ``kind``, ``method`` (``--method``: the results-table row it belongs to, which
+only the pipeline knows), ``ipc``, ``seed`` and ``arch``, read from the run itself. Everything but
+these flags goes to LightningCLI unchanged, so a stage is exactly what
 ``python -m tsgf_lightning fit --config FILE ...`` would run. The pipeline launches each stage as its
 own process: under DDP Lightning re-executes this command for the other ranks, which works because
 the command is self-contained. The result file (test metrics, wall time) is written atomically by
@@ -53,6 +55,7 @@ def run(argv: list[str]) -> dict:
     validate = _pop_flag(argv, "--validate")
     result_path = _pop_value(argv, "--result")
     fingerprint_path = _pop_value(argv, "--fingerprint")
+    method = _pop_value(argv, "--method")
     start = time.time()
     cli = cli_main(argv, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
@@ -81,14 +84,41 @@ def run(argv: list[str]) -> dict:
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
         result["test"] = {k: float(v) for k, v in metrics.items()}
     result["seconds"] = round(time.time() - start, 1)
-    result["skipped_videos"] = {split: paths for split, paths in dm.skipped_videos().items() if paths}
+    result["skipped_videos"] = {part: paths for part, paths in dm.skipped_videos().items() if paths}
     if getattr(model, "distilled_teacher_match", None) is not None:
         result["distilled_teacher_match"] = bool(model.distilled_teacher_match)
+    result["stage"] = describe(model, dm, cli.config.get("seed_everything"), method)
     if fingerprint_path and Path(fingerprint_path).is_file():  # absent when a person runs the command by hand
         result["fingerprint"] = json.loads(Path(fingerprint_path).read_text())
     if result_path and trainer.global_rank == 0:
         write_json_atomic(result, result_path)
     return result
+
+
+def describe(model, dm, seed, method: str | None) -> dict:
+    """``{"kind", "method", "ipc", "seed", "arch"}`` of a finished run, from its module, DataModule and seed.
+
+    ``kind`` is the module's (teacher, synthesis, student; None for another LightningModule);
+    ``arch`` the trained backbone's class name (None for synthesis, which trains no network);
+    ``ipc`` the synthesis run's, the ``random`` subset's, or the distilled set's (None for a run on
+    all real data); ``seed`` the resolved ``seed_everything`` (None when seeding is off).
+    """
+    from .modules.student import StudentModule
+    from .modules.synthesis import SynthesisModule
+    from .modules.teacher import TeacherModule
+
+    kind = next((k for k, cls in (("teacher", TeacherModule), ("synthesis", SynthesisModule),
+                                  ("student", StudentModule)) if isinstance(model, cls)), None)
+    arch = model.architecture()["class_path"].rsplit(".", 1)[-1] if kind in ("teacher", "student") else None
+    ipc = None
+    if kind == "synthesis":
+        ipc = model.hparams.ipc
+    elif kind == "student" and dm.train_set == "distilled":
+        ipc = dm.distilled_meta["ipc"]
+    elif kind == "student" and dm.train_set not in ("real", "none"):  # real clips picked per class: `random`
+        ipc = dm.hparams.get("ipc")
+    seed = None if isinstance(seed, bool) or seed is None else int(seed)
+    return {"kind": kind, "method": method, "ipc": None if ipc is None else int(ipc), "seed": seed, "arch": arch}
 
 
 def require_writable_dir(directory: str | Path, what: str) -> None:

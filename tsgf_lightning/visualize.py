@@ -1,4 +1,4 @@
-"""Pictures of videos: frame grids (PNG, TensorBoard), MP4 clips (PyAV), saliency heat-maps."""
+"""Pictures of videos: frame grids (PNG, TensorBoard), MP4 clips (PyAV), saliency heat-maps, synthesis snapshots."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torchvision.io import write_png
 from torchvision.utils import make_grid
+
+from .tsgf.saliency import EpsMode, key_frames
 
 
 def frame_grid(videos: Tensor, padding: int = 2) -> Tensor:
@@ -38,6 +40,24 @@ def saliency_map(saliency: Tensor, key: Tensor | None = None, cell: int = 12) ->
         border = kk & edge.repeat(*key.shape)
         img[0][border], img[1][border], img[2][border] = 1.0, 0.0, 0.0
     return (img * 255).round().to(torch.uint8)
+
+
+def synthesis_pictures(pixels: Tensor, labels: Tensor, saliency: Tensor, eps: float, eps_mode: EpsMode,
+                       most: int = 8) -> tuple[Tensor, Tensor]:
+    """What SynthesisModule logs: a frame grid of the first video of each class and its tiles' saliency map.
+
+    Args:
+        pixels: ``[0, 1]`` stored videos ``(N, C, T, H, W)``, class-major.
+        labels: ``(N,)`` their classes.
+        saliency: ``(N * f^2, T)`` per-tile saliency (tiles of video ``i`` are rows ``i * f^2 ...``).
+        eps, eps_mode: the key-frame threshold (key frames get a red border).
+        most: videos shown at most.
+    """
+    first = labels != torch.roll(labels, 1)
+    first[0] = True
+    pick = torch.nonzero(first).flatten()[:most]
+    s = saliency.reshape(len(pixels), -1, saliency.shape[1])[pick].reshape(-1, saliency.shape[1]).float().cpu()
+    return frame_grid(pixels[pick].float().cpu()), saliency_map(s, key_frames(s, eps, eps_mode))
 
 
 def save_png(image: Tensor, path: str | Path) -> None:

@@ -1,6 +1,6 @@
-"""Decode a split once with PyAV into a ``uint8`` tensor file, keyed by everything that shapes it.
+"""Decode a part (``fit`` / ``val`` / ``test``) once with PyAV into a ``uint8`` file keyed by all that shapes it.
 
-The key hashes the source's identity (kind, root, split id, class subset), the split, the list of
+The key hashes the source's identity (kind, root, fold, class subset), the part, the list of
 files (path, label, size, mtime in ns), the clip geometry (frames, resize, sampling, gap, clip
 positions) and a format version, so a changed dataset or setting never reads a stale cache. Files
 are written to a temporary name and renamed, so an interrupted decode leaves no half-written cache
@@ -16,8 +16,8 @@ decoded again. Before decoding, the cache directory must be writable, and tempor
 saves in it are removed.
 
 Corrupt or unreadable videos are skipped with a warning that names each one, and counted; more than
-``max_bad_fraction`` of a split failing is an error (nothing is written). The skipped files are
-stored with the split and reported again on every load.
+``max_bad_fraction`` of a part failing is an error (nothing is written). The skipped files are
+stored with the part and reported again on every load.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ CACHE_VERSION = 2  # v2: exact-rational frame indices (decode.sample_indices)
 
 
 @dataclass
-class DecodedSplit:
-    """A decoded split. ``clips`` is ``uint8 (N, K, C, T, H, W)``: K clips per video."""
+class DecodedPart:
+    """A decoded part. ``clips`` is ``uint8 (N, K, C, T, H, W)``: K clips per video."""
 
     clips: Tensor
     labels: Tensor
@@ -70,7 +70,7 @@ class DecodedSplit:
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """How clips are cut from every video of a split."""
+    """How clips are cut from every video of a part."""
 
     frames: int
     size_hw: tuple[int, int]
@@ -79,8 +79,8 @@ class ClipSpec:
     positions: tuple[float, ...] = (0.5,)
 
 
-def cache_file(cache_dir: str, source_key: dict, split: str, items: Sequence[VideoItem], spec: ClipSpec) -> Path:
-    """The key of the decoded split: split, geometry and a content hash in the name.
+def cache_file(cache_dir: str, source_key: dict, part: str, items: Sequence[VideoItem], spec: ClipSpec) -> Path:
+    """The key of the decoded part: part, geometry and a content hash in the name.
 
     The file stored for it adds its integrity record to the name (:func:`~.integrity.recorded_name`).
     """
@@ -92,13 +92,13 @@ def cache_file(cache_dir: str, source_key: dict, split: str, items: Sequence[Vid
             files.update(f"{item.path}|{item.label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             files.update(f"{item.path}|{item.label}|missing\n".encode())
-    key = {"version": CACHE_VERSION, "source": source_key, "split": split, "files": files.hexdigest(),
+    key = {"version": CACHE_VERSION, "source": source_key, "part": part, "files": files.hexdigest(),
            "frames": spec.frames, "size_hw": list(spec.size_hw), "sampling": spec.sampling,
            "gap": spec.gap, "positions": list(spec.positions)}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     kind = str(source_key.get("kind", "videos")).lower()
     h, w = spec.size_hw
-    name = f"{kind}-{split}-{spec.frames}x{h}x{w}-k{len(spec.positions)}-{digest}.pt"
+    name = f"{kind}-{part}-{spec.frames}x{h}x{w}-k{len(spec.positions)}-{digest}.pt"
     return Path(cache_dir) / name
 
 
@@ -114,8 +114,8 @@ def _decode_one(args: tuple[str, ClipSpec]) -> Tensor | str:
         return str(err)
 
 
-def decode_split(items: Sequence[VideoItem], spec: ClipSpec, workers: int = 2,
-                 max_bad_fraction: float = 0.05, desc: str = "decoding") -> DecodedSplit:
+def decode_part(items: Sequence[VideoItem], spec: ClipSpec, workers: int = 2,
+                 max_bad_fraction: float = 0.05, desc: str = "decoding") -> DecodedPart:
     """Decode every item (in order, ``workers`` processes, with a progress bar).
 
     Unreadable items are warned about one by one, with the decoder's reason, and listed in ``skipped``.
@@ -146,7 +146,7 @@ def decode_split(items: Sequence[VideoItem], spec: ClipSpec, workers: int = 2,
         raise RuntimeError(
             f"{len(skipped)} of {len(items)} videos could not be decoded ({desc}), more than "
             f"max_bad_fraction={max_bad_fraction}: {shown}")
-    return DecodedSplit(
+    return DecodedPart(
         clips=torch.stack(clips),
         labels=torch.tensor([item.label for item in kept_items], dtype=torch.int64),
         paths=[item.path for item in kept_items],
@@ -173,53 +173,53 @@ def _save_cache(obj: dict, path: Path) -> Path:
     return final
 
 
-def _load_verified(path: Path) -> tuple[DecodedSplit | None, str | None]:
+def _load_verified(path: Path) -> tuple[DecodedPart | None, str | None]:
     problem = cache_problem(path)
     if problem is not None:
         return None, problem
     try:
-        return DecodedSplit(**torch.load(path, mmap=True, weights_only=True)), None
+        return DecodedPart(**torch.load(path, mmap=True, weights_only=True)), None
     except Exception as err:  # a checksum-clean file that torch cannot read: any error means decode again
         return None, f"it cannot be loaded: {type(err).__name__}: {err}"
 
 
-def report_skipped(data: DecodedSplit, split: str, total: int) -> None:
-    """Warn that the split leaves out unreadable videos: on every load, so no run forgets them."""
+def report_skipped(data: DecodedPart, part: str, total: int) -> None:
+    """Warn that the part leaves out unreadable videos: on every load, so no run forgets them."""
     if data.skipped:
-        warnings.warn(f"split {split!r}: skipped {len(data.skipped)} of {total} unreadable videos, left out of "
+        warnings.warn(f"part {part!r}: skipped {len(data.skipped)} of {total} unreadable videos, left out of "
                       f"this run: {preview(data.skipped)}", stacklevel=3)
 
 
-def load_or_decode(cache_dir: str, source_key: dict, split: str, items: Sequence[VideoItem], spec: ClipSpec,
-                   workers: int = 2, max_bad_fraction: float = 0.05) -> DecodedSplit:
-    """Return the decoded split: a verified cache, or a decode (cached) on first use or when the cache is bad.
+def load_or_decode(cache_dir: str, source_key: dict, part: str, items: Sequence[VideoItem], spec: ClipSpec,
+                   workers: int = 2, max_bad_fraction: float = 0.05) -> DecodedPart:
+    """Return the decoded part: a verified cache, or a decode (cached) on first use or when the cache is bad.
 
     Raises:
-        OSError: the split must be decoded and ``cache_dir`` is not writable (before any decoding).
-        RuntimeError: too many unreadable videos (:func:`decode_split`).
+        OSError: the part must be decoded and ``cache_dir`` is not writable (before any decoding).
+        RuntimeError: too many unreadable videos (:func:`decode_part`).
     """
-    path = cache_file(cache_dir, source_key, split, items, spec)
+    path = cache_file(cache_dir, source_key, part, items, spec)
     remove_stale_temps(path.parent)
     for stored in stored_caches(path):
         data, problem = _load_verified(stored)
         if data is not None:
-            report_skipped(data, split, len(items))
+            report_skipped(data, part, len(items))
             return data
-        warnings.warn(f"decode cache {stored} is bad: {problem}. Removing it and decoding split {split!r} again.",
+        warnings.warn(f"decode cache {stored} is bad: {problem}. Removing it and decoding part {part!r} again.",
                       stacklevel=2)
         try:
             stored.unlink()
         except OSError:
             pass
     require_writable(path)
-    decoded = decode_split(items, spec, workers, max_bad_fraction, desc=f"decoding {split} ({len(items)} videos)")
+    decoded = decode_part(items, spec, workers, max_bad_fraction, desc=f"decoding {part} ({len(items)} videos)")
     _save_cache(decoded.to_dict(), path)
-    report_skipped(decoded, split, len(items))
+    report_skipped(decoded, part, len(items))
     return decoded
 
 
-def cached_split_exists(cache_dir: str, source_key: dict, split: str, items: Sequence[VideoItem],
+def cached_part_exists(cache_dir: str, source_key: dict, part: str, items: Sequence[VideoItem],
                         spec: ClipSpec) -> bool:
-    """Whether a recorded cache of the split is stored (not verified: :func:`load_or_decode` does that)."""
-    path = cache_file(cache_dir, source_key, split, items, spec)
+    """Whether a recorded cache of the part is stored (not verified: :func:`load_or_decode` does that)."""
+    path = cache_file(cache_dir, source_key, part, items, spec)
     return any(has_record(p) for p in stored_caches(path))

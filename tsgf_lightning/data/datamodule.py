@@ -9,9 +9,11 @@ What it serves for training is chosen by ``train_set``:
 - ``distilled``: the videos of ``distilled_path`` (``distilled.pt``; checked against the config);
 - ``none``: ``steps_per_epoch`` empty batches, for SynthesisModule, whose parameters are the data.
 
-Validation is a carve-out of the training split by source group (``val_fraction``; never the test
-split, so hyper-parameters can be chosen honestly); test is the real test split. Real videos are
-decoded once with PyAV into a cache (:mod:`~tsgf_lightning.data.cache`) in ``prepare_data``.
+The *parts* it serves (:meth:`VideoDataModule.part`; "split" is the dataset's own train/test lists):
+``fit``, the training split minus a validation carve-out by source group (``val_fraction``; never
+the test split, so hyper-parameters can be chosen honestly), ``val``, and ``test``, the real test
+split. Real videos are decoded once with PyAV into a cache (:mod:`~tsgf_lightning.data.cache`) in
+``prepare_data``. :attr:`VideoDataModule.spec` is what the modules are given about the data.
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from ..tsgf.multiformation import pack_tiles, unpack_tiles
 from ..tsgf.selection import check_clips_per_class
 from ..video import IMAGENET_MEAN, IMAGENET_STD
-from .cache import ClipSpec, DecodedSplit, load_or_decode
+from .cache import ClipSpec, DecodedPart, load_or_decode
 from .decode import Sampling
 from .distilled import load_distilled
 from .integrity import check_classes
 from .sources import VideoItem, VideoSource, validation_split
+from .spec import DataSpec
 from .transforms import ClipTransform, center_crop
 
 TrainSet = Literal["real", "random", "distilled", "none"]
+Part = Literal["fit", "val", "test"]
 
 
 class VideoBatch(TypedDict):
@@ -142,9 +146,9 @@ class VideoDataModule(L.LightningDataModule):
         mean, std: normalisation in [0, 1] pixel units.
         batch_size: training batch size; eval_batch_size: validation/test batch size (default = batch_size).
         num_workers: DataLoader workers.
-        cache_dir: where decoded splits are cached.
+        cache_dir: where decoded parts are cached.
         decode_workers: processes decoding videos on first use.
-        max_bad_fraction: unreadable videos tolerated per split (skipped with a warning) before it is an error.
+        max_bad_fraction: unreadable videos tolerated per part (skipped with a warning) before it is an error.
     """
 
     def __init__(
@@ -198,7 +202,7 @@ class VideoDataModule(L.LightningDataModule):
         self.train_set: TrainSet = train_set
         self.mean, self.std = tuple(mean), tuple(std)
         self.eval_batch_size = eval_batch_size or batch_size
-        self._splits: dict[str, DecodedSplit] = {}
+        self._parts: dict[str, DecodedPart] = {}
         self.train_data: Dataset | None = None
         self.val_data: Dataset | None = None
         self.test_data: Dataset | None = None
@@ -212,66 +216,71 @@ class VideoDataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         return list(self.source.class_names)
 
+    @property
+    def spec(self) -> DataSpec:
+        """Class names, clip geometry and normalisation: what the modules are given (linked by the CLI)."""
+        return DataSpec(self.class_names, self.frames, self.size, self.mean, self.std)
+
     # ------------------------------------------------------------------ decoding
-    def _items(self) -> dict[str, list[VideoItem]]:
-        train = self.source.items("train")
-        fit, val = (validation_split(train, self.hparams.val_fraction, self.hparams.val_seed)
-                    if self.hparams.val_fraction > 0 else (train, []))
+    def items_by_part(self) -> dict[str, list[VideoItem]]:
+        """The videos of each part (listing the dataset; nothing decoded): what the decode cache is keyed by."""
+        train, h = self.source.items("train"), self.hparams
+        fit, val = validation_split(train, h.val_fraction, h.val_seed) if h.val_fraction > 0 else (train, [])
         return {"fit": fit, "val": val, "test": self.source.items("test")}
 
-    def _spec(self, split: str) -> ClipSpec:
-        k = self.hparams.train_clips_per_video if split == "fit" else 1
+    def clip_spec(self, part: str) -> ClipSpec:
+        k = self.hparams.train_clips_per_video if part == "fit" else 1
         positions = tuple((i + 0.5) / k for i in range(k))
         return ClipSpec(self.frames, self.resize, self.hparams.sampling, self.hparams.gap, positions)
 
-    def split(self, name: Literal["fit", "val", "test"]) -> DecodedSplit:
-        """A decoded real split (``fit`` = training videos minus the validation carve-out).
+    def part(self, name: Part) -> DecodedPart:
+        """A decoded real part: ``fit`` (the training split minus the validation carve-out), ``val`` or ``test``.
 
-        Every load warns about the split's unreadable videos; ``fit`` without a clip of some class raises
+        Every load warns about the part's unreadable videos; ``fit`` without a clip of some class raises
         (:func:`~tsgf_lightning.data.integrity.check_classes`).
         """
-        if name not in self._splits:
-            self._load_split(name, self._items()[name])
-        return self._splits[name]
+        if name not in self._parts:
+            self._load_part(name, self.items_by_part()[name])
+        return self._parts[name]
 
-    def _load_split(self, name: str, items: list[VideoItem]) -> None:
+    def _load_part(self, name: str, items: list[VideoItem]) -> None:
         if not items:
-            raise ValueError(f"split {name!r} of {type(self.source).__name__} is empty")
-        data = load_or_decode(self.hparams.cache_dir, self.source.cache_key(), name, items, self._spec(name),
+            raise ValueError(f"part {name!r} of {type(self.source).__name__} is empty")
+        data = load_or_decode(self.hparams.cache_dir, self.source.cache_key(), name, items, self.clip_spec(name),
                               self.hparams.decode_workers, self.hparams.max_bad_fraction)
         check_classes(name, data.labels.tolist(), data.skipped, items, self.class_names)
-        self._splits[name] = data
+        self._parts[name] = data
 
     def skipped_videos(self) -> dict[str, list[str]]:
-        """The unreadable videos each loaded split left out: ``{split: [path, ...]}`` (``[]`` if none).
+        """The unreadable videos each loaded part left out: ``{part: [path, ...]}`` (``[]`` if none).
 
-        Filled by :meth:`prepare_data` and :meth:`setup` (only the splits loaded so far; no decoding here).
+        Filled by :meth:`prepare_data` and :meth:`setup` (only the parts loaded so far; no decoding here).
         """
-        return {name: list(data.skipped) for name, data in self._splits.items()}
+        return {name: list(data.skipped) for name, data in self._parts.items()}
 
     def prepare_data(self) -> None:
-        # Runs on one process per node: decode (or find and verify) every split this run can need. The splits
+        # Runs on one process per node: decode (or find and verify) every part this run can need. The parts
         # are kept, so setup() in this process does not verify them again; other processes load their own.
-        items = self._items()
+        items = self.items_by_part()
         for name in ("fit", "val", "test"):
-            if items[name] and name not in self._splits:
-                self._load_split(name, items[name])
+            if items[name] and name not in self._parts:
+                self._load_part(name, items[name])
 
     # ------------------------------------------------------------------ real clips at distilled size
-    def real_clips(self, split: Literal["fit", "val", "test"] = "fit") -> tuple[Tensor, Tensor]:
-        """Centre clips of a real split at the distilled resolution: ``uint8 (N, C, T, size, size)``, labels ``(N,)``.
+    def real_clips(self, part: Part = "fit") -> tuple[Tensor, Tensor]:
+        """Centre clips of a real part at the distilled resolution: ``uint8 (N, C, T, size, size)``, labels ``(N,)``.
 
         The middle cached clip of each video, framed as the evaluation transform frames it: what a
         random subset serves and what synthesis initialises from.
         """
-        data = self.split(split)
+        data = self.part(part)
         k = data.clips.shape[1] // 2
         return center_crop(data.clips[:, k], self.size), data.labels
 
     def random_subset(self, ipc: int, seed: int, factor: int = 1) -> tuple[Tensor, Tensor, Tensor]:
         """``ipc * factor^2`` random real clips per class: ``(clips uint8 (N, C, T, size, size), labels, indices)``.
 
-        Classes in label order, clips of a class in draw order; ``indices`` point into ``split("fit")``.
+        Classes in label order, clips of a class in draw order; ``indices`` point into ``part("fit")``.
         ``factor`` is the multi-formation factor the clips will be packed with (``factor x factor`` per
         stored video). Raises, naming the class, ``ipc`` and ``factor``, if some class has too few training videos.
         """
@@ -295,7 +304,7 @@ class VideoDataModule(L.LightningDataModule):
         h = self.hparams
         if stage == "fit" and self.train_data is None:
             if self.train_set == "real":
-                data = self.split("fit")
+                data = self.part("fit")
                 self.train_data = self._train_dataset(data.clips, data.labels)
             elif self.train_set == "random":
                 clips, labels, _ = self.random_subset(h.ipc, h.subset_seed, h.subset_factor)
@@ -314,10 +323,10 @@ class VideoDataModule(L.LightningDataModule):
             else:
                 self.train_data = _StepDataset(h.steps_per_epoch)
         if stage in ("fit", "validate") and self.val_data is None and h.val_fraction > 0:
-            data = self.split("val")
+            data = self.part("val")
             self.val_data = ClipDataset(data.clips, data.labels, self._transform(False))
         if stage == "test" and self.test_data is None:
-            data = self.split("test")
+            data = self.part("test")
             self.test_data = ClipDataset(data.clips, data.labels, self._transform(False))
 
     def _train_dataset(self, clips: Tensor, labels: Tensor) -> ClipDataset:

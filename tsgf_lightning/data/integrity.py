@@ -1,10 +1,10 @@
-"""Integrity of what the DataModule reads: decode-cache files and the classes a split still covers.
+"""Integrity of what the DataModule reads: decode-cache files and the classes a part still covers.
 
 A cache file carries its integrity record in its name (``{key}.{size}.crc32-{crc}.pt``, see
 :mod:`~tsgf_lightning.data.cache`); :func:`cache_problem` says what is wrong with one. Saves write a
 ``.NAME.PID@HOST.tmp`` temporary first; :func:`remove_stale_temps` deletes those of killed writers
 and :func:`require_writable` proves, before a decode, that the save will be possible.
-:func:`check_classes` refuses a training split that lost every clip of a class to unreadable videos.
+:func:`check_classes` refuses a training part that lost every clip of a class to unreadable videos.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
 
 
 def require_writable(path: Path) -> None:
-    """Raise before decoding if the decoded split could not be saved as ``path``.
+    """Raise before decoding if the decoded part could not be saved as ``path``.
 
     Probed by writing a temporary (:func:`~tsgf_lightning.atomic.unwritable`), so the answer is the
     one the save would get; the folder is then created if missing.
@@ -131,33 +131,33 @@ def cache_problem(path: Path) -> str | None:
     return None
 
 
-def check_classes(split: str, labels: Sequence[int], skipped: Sequence[str], items: Sequence[VideoItem],
+def check_classes(part: str, labels: Sequence[int], skipped: Sequence[str], items: Sequence[VideoItem],
                   class_names: Sequence[str]) -> None:
-    """Refuse a training split with a class that has no clip left; warn for a test split.
+    """Refuse a training part (``fit``) with a class that has no clip left; warn for the test part.
 
     A class whose training videos are all unreadable (skipped) would still be a class of the
     teacher, trained to never predict it, and synthesis would find nothing to start from. The
-    validation carve-out may lack a class (a few groups); the test split only warns, since its
+    validation carve-out may lack a class (a few groups); the test part only warns, since its
     accuracy simply leaves the class out.
 
     Raises:
-        RuntimeError: ``split == "fit"`` and some class has no clip; names each such class and its
+        RuntimeError: ``part == "fit"`` and some class has no clip; names each such class and its
             unreadable files.
     """
     present = {int(label) for label in labels}
     missing = [c for c in range(len(class_names)) if c not in present]
-    if not missing or split == "val":
+    if not missing or part == "val":
         return
     unreadable = set(skipped)
     lost = []
     for c in missing:
         files = [item.path for item in items if item.label == c and item.path in unreadable]
         lost.append(f"{class_names[c]!r} (all {len(files)} of its videos are unreadable: {preview(files)})" if files
-                    else f"{class_names[c]!r} (no video in the split)")
+                    else f"{class_names[c]!r} (no video in the part)")
     where = f"{len(missing)} of {len(class_names)} classes have none: {'; '.join(lost)}"
-    if split == "fit":
-        raise RuntimeError(f"Expected every class to have a training clip in split 'fit' but {where}. Replace or "
+    if part == "fit":
+        raise RuntimeError(f"Expected every class to have a training clip in part 'fit' but {where}. Replace or "
                            f"remove the unreadable videos, or leave the class out of the dataset (the source's "
                            f"`classes`, or its folder).")
-    warnings.warn(f"Expected every class to have a clip in split {split!r} but {where}; its accuracy leaves them "
+    warnings.warn(f"Expected every class to have a clip in part {part!r} but {where}; its accuracy leaves them "
                   f"out", stacklevel=3)

@@ -1,5 +1,10 @@
 """What the teacher and the students share: a backbone, the optimiser/schedule, and real-data evaluation.
 
+What the module knows about its data (class names, clip geometry, normalisation) is its
+``data_spec`` (:class:`~tsgf_lightning.data.spec.DataSpec`): linked from the DataModule by the CLI,
+or, for a module built by hand, taken from the DataModule once in ``setup``; never read from the
+trainer's DataModule afterwards.
+
 Metrics are micro-averaged top-1 / top-5 accuracy (fractions) from torchmetrics, one object per
 stage and k, logged as ``val/acc_top1``, ``val/acc_top5``, ``test/acc_top1``, ``test/acc_top5``;
 top-5 is capped at the number of classes (torchmetrics refuses ``top_k > num_classes``).
@@ -17,6 +22,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..data.spec import DataSpec, resolve_spec
 from ..models import describe
 
 Backbone = Callable[[int], nn.Module]
@@ -44,10 +50,11 @@ class VideoClassifierModule(L.LightningModule):
         num_classes: linked from ``data.num_classes``.
         optimizer: optimiser factory (default AdamW, lr 1e-3, weight decay 0.01).
         schedule: per-step learning-rate schedule after ``warmup_steps`` linear warm-up steps.
+        data_spec: linked from ``data.spec``; None = the DataModule's, taken in ``setup``.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, optimizer: OptimizerCallable = torch.optim.AdamW,
-                 schedule: Schedule = "cosine", warmup_steps: int = 0):
+                 schedule: Schedule = "cosine", warmup_steps: int = 0, data_spec: DataSpec | None = None):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"Expected argument `num_classes` to be >= 2 but got {num_classes}")
@@ -60,6 +67,10 @@ class VideoClassifierModule(L.LightningModule):
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=k5, average="micro")
         self.test_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_top5 = MulticlassAccuracy(num_classes, top_k=k5, average="micro")
+        self.data_spec = data_spec
+
+    def setup(self, stage: str) -> None:
+        self.data_spec = resolve_spec(self.data_spec, self._trainer, type(self).__name__)
 
     def forward(self, video: Tensor) -> Tensor:
         """``(B, C, T, H, W)`` normalised clips -> logits ``(B, num_classes)``."""

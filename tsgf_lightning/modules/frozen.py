@@ -11,42 +11,49 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ..data.spec import DataSpec
 from ..models import build, describe
 
 
-class FrozenTeacher(nn.Module):
-    """A trained network kept in eval mode with no parameter gradients.
+class FrozenTeacher:
+    """A trained network in eval mode with no parameter gradients, held outside the LightningModule's tree.
 
-    Gradients still flow to the *input* (synthesis needs d loss / d video); callers that only need
-    outputs wrap the call in ``torch.no_grad()``. ``train()`` is a no-op so that Lightning putting
-    the parent module in training mode never switches BatchNorm to batch statistics.
+    Not an ``nn.Module``: a LightningModule attribute holding it registers nothing, so the teacher is
+    in neither ``state_dict()`` (checkpoints hold no copy of it; it is reloaded from ``teacher_ckpt``),
+    ``parameters()`` (no optimiser or DDP wrapper sees it) nor ``modules()`` (Lightning's ``train()``
+    never reaches it, so BatchNorm never switches to batch statistics). Gradients still flow to the
+    *input* (synthesis needs d loss / d video); callers that only need outputs use ``torch.no_grad()``.
+    ``module.to()`` does not move it either: the holding module calls :meth:`follow` once Lightning
+    has placed the module (``on_fit_start``: this rank's device, the precision plugin's dtype).
     """
 
     def __init__(self, net: nn.Module):
-        super().__init__()
         self.net = net.eval().requires_grad_(False)
-        # Fix (tests/test_synthesis.py): the wrapper itself used to stay in training mode (only `net` was
-        # put in eval), and Lightning 2.6 no longer calls `train()` at fit start to correct it.
-        self.train(False)
 
-    def train(self, mode: bool = True) -> FrozenTeacher:
-        return super().train(False)
-
-    def forward(self, video: Tensor) -> Tensor:
+    def __call__(self, video: Tensor) -> Tensor:
         return self.net(video)
 
+    def to(self, *args, **kwargs) -> FrozenTeacher:
+        """Move or cast the network as ``nn.Module.to`` does; returns the holder."""
+        self.net.to(*args, **kwargs)
+        return self
 
-def checkpoint_record(module, stage: str) -> dict:
-    """The ``tsgf`` record saved in a checkpoint (plain types only: checkpoints load with weights_only)."""
-    record = {"stage": stage, "arch": module.architecture(), "num_classes": int(module.num_classes)}
-    dm = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
-    if dm is not None and hasattr(dm, "class_names"):
-        record.update(class_names=list(dm.class_names), frames=int(dm.frames), size=int(dm.size),
-                      mean=[float(v) for v in dm.mean], std=[float(v) for v in dm.std])
-    return record
+    def follow(self, module: L.LightningModule) -> FrozenTeacher:
+        """Put the network on ``module``'s ``device`` and floating ``dtype`` (the holder, after Lightning placed it)."""
+        return self.to(device=module.device, dtype=module.dtype)
+
+
+def checkpoint_record(stage: str, arch: dict, num_classes: int, spec: DataSpec | None) -> dict:
+    """The ``tsgf`` record saved in a checkpoint (plain types only: checkpoints load with weights_only).
+
+    ``spec`` (class names, geometry, normalisation) is what later stages check the checkpoint
+    against; None (a module fitted without a DataModule or a spec) records none of it.
+    """
+    return {"stage": stage, "arch": arch, "num_classes": int(num_classes), **(spec.record() if spec else {})}
 
 
 def file_sha256(path: str) -> str:
@@ -57,16 +64,16 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def load_teacher(path: str, num_classes: int, backbone=None, class_names: list[str] | None = None,
-                 frames: int | None = None, size: int | None = None) -> tuple[FrozenTeacher, dict]:
-    """Rebuild and freeze the teacher of a TeacherModule checkpoint.
+def load_teacher(path: str, num_classes: int, backbone=None,
+                 spec: DataSpec | None = None) -> tuple[FrozenTeacher, dict]:
+    """Rebuild and freeze the teacher of a TeacherModule checkpoint (on the CPU).
 
     Args:
         path: the teacher checkpoint (``.ckpt`` written by TeacherModule).
         num_classes: classes of the data the caller will use.
         backbone: the teacher architecture the caller's config names (callable taking ``num_classes``);
             None = trust the checkpoint's record.
-        class_names, frames, size: what the caller's data says; None skips that check.
+        spec: what the caller's data says (class names, frames, size are checked); None skips those checks.
 
     Returns:
         The frozen teacher and the checkpoint's ``tsgf`` record (plus ``sha256`` of the file).
@@ -90,11 +97,11 @@ def load_teacher(path: str, num_classes: int, backbone=None, class_names: list[s
     if record["num_classes"] != num_classes:
         raise ValueError(f"teacher checkpoint {path} was trained on {record['num_classes']} classes but the data "
                          f"has {num_classes}")
-    if class_names is not None and record.get("class_names") not in (None, list(class_names)):
-        diff = sorted(set(record["class_names"]) ^ set(class_names))[:5]
+    if spec is not None and record.get("class_names") not in (None, list(spec.class_names)):
+        diff = sorted(set(record["class_names"]) ^ set(spec.class_names))[:5]
         raise ValueError(f"teacher checkpoint {path} was trained on other classes than the data's "
                          f"(differing: {diff})")
-    for what, want in (("frames", frames), ("size", size)):
+    for what, want in (("frames", spec and spec.frames), ("size", spec and spec.size)):
         if want is not None and record.get(what) not in (None, want):
             raise ValueError(f"teacher checkpoint {path} was trained on clips with {what} = {record[what]} but the "
                              f"data config says {want}")
@@ -117,14 +124,3 @@ def load_teacher(path: str, num_classes: int, backbone=None, class_names: list[s
 def _fmt(arch: dict) -> str:
     args = ", ".join(f"{k}={v}" for k, v in arch["init_args"].items())
     return f"{arch['class_path']}({args})"
-
-
-def drop_teacher_weights(checkpoint: dict, prefix: str = "teacher.") -> None:
-    """Leave the frozen teacher out of a checkpoint's state dict (it is reloaded from ``teacher_ckpt``)."""
-    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefix)}
-
-
-def restore_teacher_weights(checkpoint: dict, teacher: nn.Module, prefix: str = "teacher.") -> None:
-    """Put the already-loaded teacher back into a checkpoint's state dict so strict loading succeeds."""
-    checkpoint["state_dict"] = {**checkpoint["state_dict"],
-                                **{prefix + k: v for k, v in teacher.state_dict().items()}}

@@ -17,38 +17,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..tsgf import cutmix_boxes, gated_videomix, key_frames, mixed_fraction, soft_label_kd, temporal_saliency
-from ..video import denormalize
+from ..data.spec import DataSpec
+from ..tsgf import soft_label_kd, step_seed, student_mix
+from ..tsgf.mixing import MixMode
 from .classifier import Backbone, Schedule, VideoClassifierModule
-from .frozen import checkpoint_record, drop_teacher_weights, load_teacher, restore_teacher_weights
-
-MixMode = Literal["tsgf", "videomix", "none"]
-
-
-def student_mix(video: Tensor, mode: MixMode, generator: torch.Generator, mean, std, alpha: float = 1.0,
-                window_length: int = 3, window: str = "hann", eps: float = 0.5,
-                eps_mode: Literal["absolute", "quantile"] = "quantile") -> tuple[Tensor, Tensor, Tensor]:
-    """Mix a batch ``(B, C, T, H, W)``: each clip receives a CutMix box from a random partner.
-
-    ``tsgf`` pastes the box only into each clip's own non-key frames (saliency computed in pixel
-    space on the clip as augmented so far), ``videomix`` into every frame, ``none`` leaves the batch.
-
-    Returns:
-        the mixed batch, ``partner`` indices ``(B,)``, and the fraction of each clip's voxels taken
-        from its partner ``(B,)``.
-    """
-    B, C, T, H, W = video.shape
-    if mode == "none" or B < 2:
-        return video, torch.arange(B, device=video.device), torch.zeros(B, device=video.device)
-    partner = torch.randperm(B, generator=generator).to(video.device)
-    boxes = cutmix_boxes(B, H, W, generator, alpha).to(video.device)
-    if mode == "tsgf":
-        with torch.no_grad():
-            s = temporal_saliency(denormalize(video, mean, std), window_length, window)
-            gate = ~key_frames(s, eps, eps_mode)
-    else:
-        gate = torch.ones(B, T, dtype=torch.bool, device=video.device)
-    return gated_videomix(video, partner, boxes, gate), partner, mixed_fraction(boxes, gate, H, W).to(video)
+from .frozen import FrozenTeacher, checkpoint_record, load_teacher
 
 
 def compare_teachers(distilled_meta: dict | None, teacher_record: dict) -> bool | None:
@@ -84,8 +57,11 @@ def compare_teachers(distilled_meta: dict | None, teacher_record: dict) -> bool 
 class StudentModule(VideoClassifierModule):
     """A fresh ``backbone`` trained on a distilled set with TSGF_A and teacher relabelling.
 
+    The teacher is a :class:`~tsgf_lightning.modules.frozen.FrozenTeacher`, loaded in ``setup`` and
+    kept outside the module tree: checkpoints hold only the student.
+
     Args:
-        backbone, num_classes, optimizer, schedule, warmup_steps: see ``VideoClassifierModule``.
+        backbone, num_classes, optimizer, schedule, warmup_steps, data_spec: see ``VideoClassifierModule``.
         teacher_ckpt: the teacher for soft labels (needed when ``labels: soft``).
         labels: ``soft`` (teacher on the augmented clip) or ``hard`` (the set's labels).
         temperature: KL temperature ``tau`` of soft labels (loss scaled by ``tau^2``).
@@ -116,36 +92,44 @@ class StudentModule(VideoClassifierModule):
         schedule: Schedule = "cosine",
         warmup_steps: int = 0,
         seed: int = 0,
+        data_spec: DataSpec | None = None,
     ):
-        super().__init__(backbone, num_classes, optimizer, schedule, warmup_steps)
+        super().__init__(backbone, num_classes, optimizer, schedule, warmup_steps, data_spec)
         if labels == "soft" and not teacher_ckpt:
             raise ValueError("`labels: soft` needs `teacher_ckpt` (the teacher that relabels each augmented clip)")
         if temperature <= 0:
             raise ValueError(f"Expected argument `temperature` to be > 0 but got {temperature}")
         if not 0.0 <= mix_prob <= 1.0:
             raise ValueError(f"Expected argument `mix_prob` to be in [0, 1] but got {mix_prob}")
-        self.save_hyperparameters(ignore=["backbone", "optimizer"])
-        self.teacher = None
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "data_spec"])
+        self.teacher: FrozenTeacher | None = None
         #: Whether the distilled set was made through this student's teacher (:func:`compare_teachers`).
         self.distilled_teacher_match: bool | None = None
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.data_spec is None:
+            raise ValueError("StudentModule mixes in pixel space and needs its data's normalisation: fit it with a "
+                             "VideoDataModule, or pass `data_spec` (the DataModule's `spec`)")
         if self.teacher is not None or not self.hparams.teacher_ckpt:
             return
-        dm = self.trainer.datamodule
-        self.teacher, self.teacher_record = load_teacher(self.hparams.teacher_ckpt, self.num_classes, None,
-                                                         dm.class_names, dm.frames, dm.size)
+        self.teacher, self.teacher_record = load_teacher(self.hparams.teacher_ckpt, self.num_classes,
+                                                         spec=self.data_spec)
         # The DataModule's setup (which loads the set) has run: Lightning calls it before the module's.
-        self.distilled_teacher_match = compare_teachers(getattr(dm, "distilled_meta", None), self.teacher_record)
+        distilled_meta = getattr(getattr(self._trainer, "datamodule", None), "distilled_meta", None)
+        self.distilled_teacher_match = compare_teachers(distilled_meta, self.teacher_record)
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.follow(self)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         h = self.hparams
         x, y = batch["video"], batch["label"]
-        dm = self.trainer.datamodule
-        gen = torch.Generator().manual_seed((h.seed * 1_000_003 + self.global_step) * 1009 + self.global_rank)
+        gen = torch.Generator().manual_seed(step_seed(h.seed, self.global_step, self.global_rank))
         mix = h.mix if float(torch.rand((), generator=gen)) < h.mix_prob else "none"
-        x, partner, frac = student_mix(x, mix, gen, dm.mean, dm.std, h.mix_alpha, h.window_length, h.window,
-                                       h.eps, h.eps_mode)
+        x, partner, frac = student_mix(x, mix, gen, self.data_spec.mean, self.data_spec.std, h.mix_alpha,
+                                       h.window_length, h.window, h.eps, h.eps_mode)
         logits = self(x)
         hard = ((1 - frac) * F.cross_entropy(logits, y, reduction="none")
                 + frac * F.cross_entropy(logits, y[partner], reduction="none")).mean()
@@ -163,9 +147,4 @@ class StudentModule(VideoClassifierModule):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tsgf"] = checkpoint_record(self, stage="student")
-        drop_teacher_weights(checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.teacher is not None:
-            restore_teacher_weights(checkpoint, self.teacher)
+        checkpoint["tsgf"] = checkpoint_record("student", self.architecture(), self.num_classes, self.data_spec)

@@ -15,6 +15,11 @@ rates keep their meaning). Under :class:`~tsgf_lightning.strategy.ShardedSynthes
 owns the videos of a contiguous range of classes. Checkpoints always hold the whole set (gathered),
 so a run can resume on any number of ranks. At the end of fit the set is exported
 (:mod:`~tsgf_lightning.export`).
+
+The data's class names, geometry and normalisation come as ``data_spec`` (linked by the CLI; a module
+built by hand takes its DataModule's in ``setup``, :mod:`~tsgf_lightning.data.spec`); the DataModule
+is read only in ``setup``, for ``init: real`` (:func:`~tsgf_lightning.data.selection.real_initialisation`,
+given the loaded teacher). The teacher is held outside the module tree (:class:`~.frozen.FrozenTeacher`).
 """
 
 from __future__ import annotations
@@ -23,44 +28,28 @@ from typing import Literal
 
 import lightning as L
 import torch
-import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..export import SYNTHESIS_EXTRAS, export_distilled, plain_types
-from ..select import select as select_clips
-from ..strategy import ShardedSynthesisStrategy
-from ..tsgf import BNStatistics, key_frames, temporal_saliency, tsgf_mask
+from .. import strategy as sharding
+from ..data.selection import real_initialisation
+from ..data.spec import DataSpec, resolve_spec
+from ..export import export_synthesis, synthesis_record
+from ..tsgf import BNStatistics, step_seed, temporal_saliency, tsgf_mask
 from ..tsgf.augment import apply_crop_flip, crop_flip_thetas
-from ..tsgf.multiformation import pack_tiles, tile_map, unpack_tiles
+from ..tsgf.multiformation import tile_map, unpack_tiles
+from ..tsgf.saliency import MaskShape
 from ..tsgf.saturation import MAX_SATURATED_FRACTION, check_saturation
 from ..video import at_pixel_bounds, denormalize, normalize, pixel_bounds
-from ..visualize import frame_grid, saliency_map
+from ..visualize import synthesis_pictures
 from .classifier import Backbone, Schedule, lr_lambda
-from .frozen import drop_teacher_weights, load_teacher, restore_teacher_weights
+from .frozen import FrozenTeacher, load_teacher
 
-MaskShape = Literal["none", "eq8", "binary"]
+#: The ``mask`` setting: a TSGF_O mask shape, or ``none`` (SRe2L: no mask).
+TSGFMask = Literal["none", MaskShape]
 
-__all__ = ["SynthesisModule", "apply_crop_flip", "crop_flip_thetas", "shard_classes"]
-
-
-def shard_classes(num_classes: int, world_size: int, rank: int) -> range:
-    """Contiguous class range of ``rank`` (sizes differ by at most one)."""
-    if world_size > num_classes:
-        raise ValueError(f"synthesis shards by class: {world_size} ranks for {num_classes} classes leaves some "
-                         "ranks without work; use at most as many devices as classes")
-    base, extra = divmod(num_classes, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
-
-
-class _AllReduceSum:
-    """Differentiable all-reduce (sum) of BN moments: every rank sees the statistics of the whole set."""
-
-    def __call__(self, t: Tensor) -> Tensor:
-        from torch.distributed.nn.functional import all_reduce
-        return all_reduce(t, op=dist.ReduceOp.SUM)
+#: What a checkpoint holds per video (gathered into the whole set on saving, re-sliced on loading).
+_PER_VIDEO = ("videos", "labels", "global_index")
 
 
 class SynthesisModule(L.LightningModule):
@@ -68,6 +57,7 @@ class SynthesisModule(L.LightningModule):
 
     Args:
         num_classes: linked from the data.
+        data_spec: linked from ``data.spec``; None = the DataModule's, taken in ``setup``.
         teacher_ckpt: TeacherModule checkpoint; loaded in ``setup()`` and checked against the data.
         teacher_backbone: the teacher architecture, if the config wants it checked against the
             checkpoint; None = rebuild what the checkpoint records.
@@ -121,7 +111,7 @@ class SynthesisModule(L.LightningModule):
         augment: bool = True,
         augment_scale: tuple[float, float] = (0.5, 1.0),
         augment_flip: bool = True,
-        mask: MaskShape = "eq8",
+        mask: TSGFMask = "eq8",
         mask_target: Literal["gradient", "update"] = "gradient",
         mask_source: Literal["current", "init"] = "current",
         signed_mask: bool = False,
@@ -133,6 +123,7 @@ class SynthesisModule(L.LightningModule):
         max_saturated_fraction: float = MAX_SATURATED_FRACTION,
         export_dir: str | None = None,
         image_every_n_steps: int = 200,
+        data_spec: DataSpec | None = None,
     ):
         super().__init__()
         if ipc < 1:
@@ -146,10 +137,10 @@ class SynthesisModule(L.LightningModule):
                              f"{max_saturated_fraction}")
         if signed_mask and mask != "eq8":
             raise ValueError(f"Expected `signed_mask` only with `mask: eq8` but got mask={mask!r}")
-        self.save_hyperparameters(ignore=["teacher_backbone"])
+        self.save_hyperparameters(ignore=["teacher_backbone", "data_spec"])
         self.num_classes, self.ipc, self.factor = num_classes, ipc, factor
-        self.teacher_backbone = teacher_backbone
-        self.teacher: nn.Module | None = None
+        self.teacher_backbone, self.data_spec = teacher_backbone, data_spec
+        self.teacher: FrozenTeacher | None = None
         self.videos: nn.Parameter | None = None
         self._mask: Tensor | None = None
         self._before_step: Tensor | None = None
@@ -166,40 +157,27 @@ class SynthesisModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.videos is not None:
             return
-        # Plain `ddp` would run without an error and make a wrong set: DDP broadcasts rank 0's videos over
-        # the other ranks' shards and averages their gradients.
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy) and not isinstance(strategy, ShardedSynthesisStrategy):
-            raise ValueError(
-                f"SynthesisModule cannot run under {type(strategy).__name__} (`strategy: ddp`): DDP would copy "
-                "rank 0's synthetic videos to every rank and average their gradients. Use "
-                "`trainer.strategy: ddp_shards` (tsgf_lightning.strategy.ShardedSynthesisStrategy), which "
-                "keeps one shard of classes per rank")
+        sharding.refuse_wrapping_ddp(self.trainer.strategy)
         h = self.hparams
-        dm = self.trainer.datamodule
-        teacher, self.teacher_record = load_teacher(h.teacher_ckpt, self.num_classes, self.teacher_backbone,
-                                                    dm.class_names, dm.frames, dm.size)
-        self.teacher = teacher.to(self.device)
-        self.class_names, self.mean, self.std = list(dm.class_names), tuple(dm.mean), tuple(dm.std)
-        self.bn = BNStatistics(self.teacher, reduce=_AllReduceSum() if self._world > 1 else None)
+        spec = self.data_spec = resolve_spec(self.data_spec, self._trainer, "SynthesisModule")
+        if spec is None:
+            raise ValueError("SynthesisModule needs its data's class names, geometry and normalisation: fit it with "
+                             "a VideoDataModule, or pass `data_spec` (the DataModule's `spec`)")
+        self.teacher, self.teacher_record = load_teacher(h.teacher_ckpt, self.num_classes, self.teacher_backbone, spec)
+        self.bn = BNStatistics(self.teacher.net, reduce=sharding.AllReduceSum() if self._world > 1 else None)
 
-        classes = shard_classes(self.num_classes, self._world, self.global_rank)
+        classes = sharding.shard_classes(self.num_classes, self._world, self.global_rank)
         index = torch.arange(classes.start * self.ipc, classes.stop * self.ipc)
         labels = torch.arange(self.num_classes).repeat_interleave(self.ipc)
         if h.init == "real":
-            # ipc * factor^2 clips per class, class-major; packing keeps each run of factor^2 in one video.
-            clips, _, fit_idx = select_clips(dm, h.init_select, self.ipc, h.init_seed, teacher_ckpt=h.teacher_ckpt,
-                                             factor=self.factor)
-            stored = pack_tiles(clips.float() / 255.0, self.factor)
-            init = normalize(stored[index], self.mean, self.std)
-            paths = dm.split("fit").paths
-            self.init_paths = [paths[i] for i in fit_idx.tolist()]
+            stored, self.init_paths = real_initialisation(self.trainer.datamodule, h.init_select, self.ipc,
+                                                          h.init_seed, self.teacher, self.factor)
+            init = normalize(stored[index], spec.mean, spec.std)
         else:
             gen = torch.Generator().manual_seed(h.init_seed)
-            C, T, S = 3, dm.frames, dm.size
-            init = torch.randn(self.n_global, C, T, S, S, generator=gen)[index]
+            init = torch.randn(self.n_global, 3, spec.frames, spec.size, spec.size, generator=gen)[index]
             self.init_paths = []
-        lo, hi = pixel_bounds(self.mean, self.std, init)
+        lo, hi = pixel_bounds(spec.mean, spec.std, init)
         self.videos = nn.Parameter(torch.maximum(torch.minimum(init, hi), lo).to(self.device))
         self.register_buffer("labels", labels[index].to(self.device))
         self.register_buffer("global_index", index.to(self.device))
@@ -207,6 +185,10 @@ class SynthesisModule(L.LightningModule):
         # `max_saturated_fraction` (both recomputed identically on resume, before the checkpoint loads).
         self._init_saliency = self._saliency()
         self.init_saturated_fraction = self._measure_saturation()
+
+    def on_fit_start(self) -> None:
+        # Lightning has put the module on this rank's device, in the precision plugin's dtype.
+        self.teacher.follow(self)
 
     @property
     def _world(self) -> int:
@@ -232,7 +214,7 @@ class SynthesisModule(L.LightningModule):
 
     def _augment(self, x: Tensor, step: int) -> Tensor:
         h = self.hparams
-        gen = torch.Generator().manual_seed(h.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(step_seed(h.seed, step))
         theta = crop_flip_thetas(self.n_clips, gen, tuple(h.augment_scale), h.augment_flip)  # for the whole set
         return apply_crop_flip(x, theta[self._tile_rows()])
 
@@ -268,14 +250,14 @@ class SynthesisModule(L.LightningModule):
     def _measure_saturation(self) -> float:
         """Share of the whole set's pixel values at 0 or 1 (every rank's shard; a collective: call on all ranks)."""
         with torch.no_grad():
-            count = at_pixel_bounds(self.videos.detach(), self.mean, self.std).sum().float()
+            count = at_pixel_bounds(self.videos.detach(), *self._norm).sum().float()
             self.saturated_fraction = float(self._sum_over_ranks(count)) / (self.n_global * self.videos[0].numel())
         return self.saturated_fraction
 
     def _saliency(self) -> Tensor:
         """Per-clip, per-frame saliency ``(n * factor^2, T)`` of the current videos (Eq. 6-7, pixel space)."""
         h = self.hparams
-        pixels = denormalize(unpack_tiles(self.videos.detach(), self.factor), self.mean, self.std)
+        pixels = denormalize(unpack_tiles(self.videos.detach(), self.factor), *self._norm)
         return temporal_saliency(pixels, h.window_length, h.window)
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -307,7 +289,7 @@ class SynthesisModule(L.LightningModule):
                 # Keep only the masked share of the optimiser's step (Adam's momentum included).
                 self.videos.copy_(self._before_step + self._mask * (self.videos - self._before_step))
                 self._mask = self._before_step = None
-            lo, hi = pixel_bounds(self.mean, self.std, self.videos)
+            lo, hi = pixel_bounds(*self._norm, self.videos)
             self.videos.copy_(torch.maximum(torch.minimum(self.videos, hi), lo))
         self.log("train/saturated_fraction", self._measure_saturation())
         check_saturation(self.global_step, self.saturated_fraction, self.init_saturated_fraction, self._moving,
@@ -319,63 +301,34 @@ class SynthesisModule(L.LightningModule):
             self._log_images()
 
     # ------------------------------------------------------------------ gathering, checkpoints, export
-    def _shard_sizes(self) -> list[int]:
-        return [len(shard_classes(self.num_classes, self._world, r)) * self.ipc for r in range(self._world)]
+    @property
+    def _norm(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.data_spec.mean, self.data_spec.std
 
     def _gather(self, t: Tensor) -> Tensor:
         """Concatenate every rank's shard of ``t`` (rows = this rank's videos) in global order."""
-        if self._world == 1:
-            return t
-        sizes = self._shard_sizes()
-        padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
-        padded[: len(t)] = t
-        gathered = self.all_gather(padded)  # (world, max, ...)
-        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
+        return sharding.gather_shards(self, t, sharding.shard_sizes(self.num_classes, self.ipc, self._world))
 
     def full_set(self) -> tuple[Tensor, Tensor]:
         """The whole synthetic set in ``[0, 1]`` pixel space ``(N, C, T, H, W)`` and its labels (every rank)."""
         videos = self._gather(self.videos.detach())
-        return denormalize(videos, self.mean, self.std).clamp(0, 1), self._gather(self.labels)
+        return denormalize(videos, *self._norm).clamp(0, 1), self._gather(self.labels)
 
     def _record(self) -> dict:
-        h = self.hparams
-        return {"stage": "synthesis", "num_classes": self.num_classes, "class_names": self.class_names,
-                "ipc": self.ipc, "factor": self.factor, "mean": list(self.mean), "std": list(self.std),
-                "method": "tsgf" if h.mask != "none" else "sre2l",
-                "teacher_sha256": self.teacher_record["sha256"], "teacher_arch": self.teacher_record["arch"],
-                "init_paths": self.init_paths, "saturated_fraction": self.saturated_fraction,
-                "init_saturated_fraction": self.init_saturated_fraction, "config": plain_types(dict(h))}
+        return synthesis_record(self.data_spec, self.ipc, self.factor, self.teacher_record, self.init_paths,
+                                self.saturated_fraction, self.init_saturated_fraction, dict(self.hparams))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # World-size-free checkpoint: whole tensors, built as new dicts (the nested optimiser dicts
-        # are the live optimiser's own).
-        sd = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {**sd, "videos": self._gather(self.videos.detach()),
-                                    "labels": self._gather(self.labels),
-                                    "global_index": self._gather(self.global_index)}
-        states = []
-        for opt in checkpoint["optimizer_states"]:
-            per_param = {pid: {k: self._gather(v) if torch.is_tensor(v) and v.dim() == 5 else v
-                               for k, v in st.items()} for pid, st in opt["state"].items()}
-            states.append({**opt, "state": per_param})
-        checkpoint["optimizer_states"] = states
+        sharding.whole_checkpoint(checkpoint, _PER_VIDEO, self._gather)  # a world-size-free checkpoint
         self._measure_saturation()
         checkpoint["tsgf"] = self._record()
-        drop_teacher_weights(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        rows = self.global_index.cpu()
-        sd = checkpoint["state_dict"]
-        if sd["videos"].shape[0] != self.n_global:
-            raise ValueError(f"checkpoint holds {sd['videos'].shape[0]} videos but this run has "
-                             f"{self.num_classes} classes x ipc {self.ipc}")
-        checkpoint["state_dict"] = {**sd, "videos": sd["videos"][rows], "labels": sd["labels"][rows],
-                                    "global_index": sd["global_index"][rows]}
-        checkpoint["optimizer_states"] = [
-            {**opt, "state": {pid: {k: v[rows] if torch.is_tensor(v) and v.dim() == 5 else v for k, v in st.items()}
-                              for pid, st in opt["state"].items()}}
-            for opt in checkpoint["optimizer_states"]]
-        restore_teacher_weights(checkpoint, self.teacher)
+        held = checkpoint["state_dict"]["videos"].shape[0]
+        if held != self.n_global:
+            raise ValueError(f"checkpoint holds {held} videos but this run has {self.num_classes} classes x ipc "
+                             f"{self.ipc}")
+        sharding.shard_checkpoint(checkpoint, _PER_VIDEO, self.global_index.cpu())
 
     def on_fit_end(self) -> None:
         videos, labels = self.full_set()
@@ -383,25 +336,15 @@ class SynthesisModule(L.LightningModule):
         if self.global_rank != 0:
             return
         out = self.hparams.export_dir or self.trainer.log_dir or self.trainer.default_root_dir
-        record = self._record()
-        export_distilled(out, videos.cpu(), labels.cpu(), self.class_names, self.ipc, list(self.mean),
-                         list(self.std), method=record["method"], teacher_sha256=record["teacher_sha256"],
-                         config=record["config"], factor=self.factor,
-                         extra={**{k: record[k] for k in SYNTHESIS_EXTRAS}, "steps": int(self.global_step)})
+        export_synthesis(out, videos.cpu(), labels.cpu(), self._record(), int(self.global_step))
 
     def _log_images(self) -> None:
         experiment = getattr(self.logger, "experiment", None)
         if self.global_rank != 0 or not hasattr(experiment, "add_image"):
             return
-        h = self.hparams
         with torch.no_grad():
-            first = self.labels != torch.roll(self.labels, 1)  # first video of each class of this shard
-            first[0] = True
-            pick = torch.nonzero(first).flatten()[:8]
-            pixels = denormalize(self.videos.detach()[pick], self.mean, self.std).float().cpu()
-            f2 = self.factor ** 2
-            s = self._saliency().reshape(len(self.videos), f2, -1)[pick].reshape(len(pick) * f2, -1).cpu()
-            key = key_frames(s, h.eps, h.eps_mode)
-        experiment.add_image("synthesis/frames", frame_grid(pixels), self.global_step)
-        experiment.add_image("synthesis/saliency", saliency_map(s, key), self.global_step)
-
+            pixels = denormalize(self.videos.detach(), *self._norm)
+            grid, heat = synthesis_pictures(pixels, self.labels, self._saliency(), self.hparams.eps,
+                                            self.hparams.eps_mode)
+        experiment.add_image("synthesis/frames", grid, self.global_step)
+        experiment.add_image("synthesis/saliency", heat, self.global_step)

@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
+from ..data.spec import DataSpec
 from .classifier import Backbone, Schedule, VideoClassifierModule
 from .frozen import checkpoint_record
 
@@ -17,14 +18,15 @@ class TeacherModule(VideoClassifierModule):
     later stages can rebuild the teacher and refuse a checkpoint that does not match their data.
 
     Args:
-        backbone, num_classes, optimizer, schedule, warmup_steps: see ``VideoClassifierModule``.
+        backbone, num_classes, optimizer, schedule, warmup_steps, data_spec: see ``VideoClassifierModule``.
         label_smoothing: cross-entropy label smoothing.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, optimizer: OptimizerCallable = torch.optim.AdamW,
-                 schedule: Schedule = "cosine", warmup_steps: int = 0, label_smoothing: float = 0.0):
-        super().__init__(backbone, num_classes, optimizer, schedule, warmup_steps)
-        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+                 schedule: Schedule = "cosine", warmup_steps: int = 0, label_smoothing: float = 0.0,
+                 data_spec: DataSpec | None = None):
+        super().__init__(backbone, num_classes, optimizer, schedule, warmup_steps, data_spec)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "data_spec"])
         self.label_smoothing = label_smoothing
 
     def training_step(self, batch: dict, batch_idx: int):
@@ -36,4 +38,4 @@ class TeacherModule(VideoClassifierModule):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tsgf"] = checkpoint_record(self, stage="teacher")
+        checkpoint["tsgf"] = checkpoint_record("teacher", self.architecture(), self.num_classes, self.data_spec)

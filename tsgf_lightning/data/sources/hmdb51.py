@@ -1,4 +1,4 @@
-"""HMDB51 (Kuehne et al. 2011) with its official 70/30 splits."""
+"""HMDB51 (Kuehne et al. 2011) with its three official 70/30 folds."""
 
 from __future__ import annotations
 
@@ -15,39 +15,39 @@ _META = re.compile(r"_[a-z]+_(?:cm|nm)_np\d+_(?:ba|fr|le|ri)_(?:goo|med|bad)_\d+
 
 
 class HMDB51(VideoSource):
-    """HMDB51 with one of its three official splits.
+    """HMDB51 with one of its three official folds (each fold is one train/test split).
 
     Layout::
 
         root/<action>/<clip>.avi
         split_dir/<action>_test_split<N>.txt      "<clip>.avi 1" (1 train, 2 test, 0 unused)
 
-    Each split puts 70 clips per class in train and 30 in test and leaves the rest unused.
+    Each fold puts 70 clips per class in train and 30 in test and leaves the rest unused.
     ``unused_to_train=True`` adds the unused clips to train, as the published MiniUCF/HMDB51 code
-    does (split 1: 5236 train / 1530 test); ``False`` gives the 70/30 protocol (3570 / 1530).
+    does (fold 1: 5236 train / 1530 test); ``False`` gives the 70/30 protocol (3570 / 1530).
     :attr:`VideoItem.group` is the source film, shared across actions (a film can hold clips of
     several classes), so a validation carve-out keeps whole films on one side.
 
     Args:
         root: folder of per-action video folders.
         split_dir: folder of split files; default ``root/testTrainMulti_7030_splits``.
-        split: official split id, 1, 2 or 3.
-        unused_to_train: put the clips a split marks 0 (unused) into train instead of dropping them.
+        fold: which official division (``<action>_test_split<N>.txt``): 1, 2 or 3.
+        unused_to_train: put the clips a fold marks 0 (unused) into train instead of dropping them.
         classes: ``None`` for all 51 actions; a list of action names; or a path to a text file with
             one action per line. Classes are the sorted action names (re-indexed within a subset).
     """
 
-    def __init__(self, root: str, split_dir: str | None = None, split: int = 1, unused_to_train: bool = True,
+    def __init__(self, root: str, split_dir: str | None = None, fold: int = 1, unused_to_train: bool = True,
                  classes: list[str] | str | None = None) -> None:
         super().__init__()
-        if split not in (1, 2, 3):
-            raise ValueError(f"Expected argument `split` to be 1, 2 or 3 but got {split!r}")
+        if fold not in (1, 2, 3):
+            raise ValueError(f"Expected argument `fold` to be 1, 2 or 3 but got {fold!r}")
         self.root = resolve_root(root, "HMDB51")
         folder = self.root / "testTrainMulti_7030_splits" if split_dir is None else Path(split_dir).expanduser()
         self.split_dir = require_dir(folder.resolve(), "HMDB51 split folder")
-        self.split = split
+        self.fold = fold
         self.unused_to_train = unused_to_train
-        suffix = f"_test_split{split}.txt"
+        suffix = f"_test_split{fold}.txt"
         actions = sorted(p.name[: -len(suffix)] for p in self.split_dir.glob(f"*{suffix}"))
         if not actions:
             raise FileNotFoundError(f"HMDB51 split files not found: no *{suffix} in {self.split_dir}")
@@ -58,7 +58,7 @@ class HMDB51(VideoSource):
         items: list[VideoItem] = []
         missing: list[str] = []
         for label, action in enumerate(self.class_names):
-            split_file = self.split_dir / f"{action}_test_split{self.split}.txt"
+            split_file = self.split_dir / f"{action}_test_split{self.fold}.txt"
             folder = self.root / action
             on_disk = set(os.listdir(folder)) if folder.is_dir() else set()
             for number, line in enumerate(split_file.read_text().splitlines(), start=1):
@@ -73,11 +73,11 @@ class HMDB51(VideoSource):
                 if name not in on_disk:
                     missing.append(f"{action}/{name}")
                 items.append(VideoItem(str(folder / name), label, film_of(Path(name).stem, action)))
-        check_missing(sorted(missing), len(items), f"the HMDB51 split-{self.split} files")
+        check_missing(sorted(missing), len(items), f"the HMDB51 fold-{self.fold} files")
         return items
 
     def cache_key(self) -> dict:
-        return {"kind": "hmdb51", "root": str(self.root), "split_dir": str(self.split_dir), "split": self.split,
+        return {"kind": "hmdb51", "root": str(self.root), "split_dir": str(self.split_dir), "fold": self.fold,
                 "unused_to_train": self.unused_to_train, "classes": list(self.class_names)}
 
 

@@ -13,7 +13,7 @@ _GROUP = re.compile(r"_g(\d+)_c\d+$")
 
 
 class UCF101(VideoSource):
-    """UCF101 with one of its three official train/test splits.
+    """UCF101 with one of its three official train/test folds (each fold is one train/test split).
 
     Layout (as distributed)::
 
@@ -28,28 +28,28 @@ class UCF101(VideoSource):
     are clips cut from the same long video; the official splits keep each group on one side, and
     :attr:`VideoItem.group` is ``"<Class>_gXX"`` so validation carve-outs can do the same.
 
-    MiniUCF is ``UCF101(root, split=1, classes="miniucf")``: 50 classes, 4662 train / 1861 test.
+    MiniUCF is ``UCF101(root, fold=1, classes="miniucf")``: 50 classes, 4662 train / 1861 test.
 
     Args:
         root: dataset folder (see above).
-        split: official split id, 1, 2 or 3.
+        fold: which official train/test division (``trainlist0N.txt`` / ``testlist0N.txt``): 1, 2 or 3.
         classes: ``None`` for all 101 classes; a list of class names; a path to a text file with one
             class per line; or ``"miniucf"``. Labels are re-indexed ``0..K-1`` in the order of
             ``classInd.txt`` restricted to the subset.
     """
 
-    def __init__(self, root: str, split: int = 1, classes: list[str] | str | None = None) -> None:
+    def __init__(self, root: str, fold: int = 1, classes: list[str] | str | None = None) -> None:
         super().__init__()
-        if split not in (1, 2, 3):
-            raise ValueError(f"Expected argument `split` to be 1, 2 or 3 but got {split!r}")
+        if fold not in (1, 2, 3):
+            raise ValueError(f"Expected argument `fold` to be 1, 2 or 3 but got {fold!r}")
         base = resolve_root(root, "UCF101")
         self.video_dir, self.list_dir = _locate(base)
         self.root = base
-        self.split = split
+        self.fold = fold
         class_ind = require_file(self.list_dir / "classInd.txt", "UCF101 class index")
         self._ids = _read_class_ind(class_ind)  # name -> 1-based id, in file order
-        # Checked here, not on first use, so a wrong split id fails when the config is parsed.
-        self._lists = {s: require_file(self.list_dir / f"{s}list0{split}.txt", f"UCF101 {s} list") for s in SPLITS}
+        # Checked here, not on first use, so a wrong fold fails when the config is parsed.
+        self._lists = {s: require_file(self.list_dir / f"{s}list0{fold}.txt", f"UCF101 {s} list") for s in SPLITS}
         self.class_names = select_classes(classes, list(self._ids))
 
     def _list(self, split: Split) -> list[VideoItem]:
@@ -89,7 +89,7 @@ class UCF101(VideoSource):
         return items
 
     def cache_key(self) -> dict:
-        return {"kind": "ucf101", "root": str(self.root), "split": self.split,
+        return {"kind": "ucf101", "root": str(self.root), "fold": self.fold,
                 "classes": list(self.class_names)}
 
 

@@ -1,0 +1,213 @@
+"""What a config dir holds and what ``pipeline.yaml`` says: the methods, IPCs and seeds, validated.
+
+A config dir holds ``teacher.yaml``, ``synthesis.yaml``, ``student.yaml`` and ``pipeline.yaml``, and
+optionally ``data.yaml`` (the dataset's ``data:`` block, which every stage reads) and override files
+``synthesis_ipcK.yaml`` / ``student_ipcK.yaml`` (what differs at IPC K). A stage's config is the
+composition of these files in that order (LightningCLI's repeated ``--config``, later files win):
+:func:`stage_files`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_FILES = ("teacher.yaml", "synthesis.yaml", "student.yaml", "pipeline.yaml")
+DATA_FILE = "data.yaml"
+PIPELINE_KEYS = ("ipc", "seeds", "methods", "extra_methods", "jobs", "evaluate_on", "teacher")
+EVALUATE_ON = ("test", "val")
+METHOD_KEYS = ("select", "synthesis", "student", "ipc", "seeds")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class PipelineError(ValueError):
+    """Bad pipeline input (named), arguments that do not parse, or a stage that failed (with its log)."""
+
+
+def contract() -> str:
+    """The config dir's files, for error messages."""
+    return (f"it must hold {', '.join(CONFIG_FILES)}; optionally {DATA_FILE} (the `data:` block every stage "
+            "reads) and synthesis_ipcK.yaml / student_ipcK.yaml (applied on top at IPC K)")
+
+
+def stage_files(config_dir: Path, kind: str, ipc: int | None = None) -> tuple[Path, ...]:
+    """The files a ``kind`` stage composes, in order: ``data.yaml`` (if there), ``<kind>.yaml``, ``<kind>_ipcK.yaml``.
+
+    The IPC file is added only for a synthesis or student stage at IPC ``ipc`` and only if it exists.
+    """
+    files = [config_dir / DATA_FILE] if (config_dir / DATA_FILE).is_file() else []
+    files.append(config_dir / f"{kind}.yaml")
+    if ipc is not None and kind in ("synthesis", "student") and (config_dir / f"{kind}_ipc{ipc}.yaml").is_file():
+        files.append(config_dir / f"{kind}_ipc{ipc}.yaml")
+    return tuple(files)
+
+
+# ---------------------------------------------------------------------- methods as data
+@dataclass(frozen=True)
+class Method:
+    """One row of the results table: what its students train on and what it changes in the configs.
+
+    Attributes:
+        name: the row's name (also a directory name under ``OUT/students``).
+        select: ``teacher`` (report the teacher's own test metrics: ``full``), ``synthesis``
+            (students on a distilled set), or a DataModule ``train_set`` that picks real clips
+            (``random``; any such mode added to the DataModule later works too), run with
+            ``--data.ipc=K --data.subset_seed=SEED``.
+        synthesis: overrides of synthesis.yaml (dotted keys); non-empty gets its own synthesis run
+            ``OUT/synthesis/<name>_ipcK``, empty shares ``OUT/synthesis_ipcK``.
+        student: overrides of student.yaml, applied after the pipeline's own.
+        ipc: the IPCs this method runs at (None: ``pipeline.yaml``'s ``ipc``); may name IPCs the
+            others skip (an ablation row at IPC 10 only).
+        seeds: student seeds of this method (None: ``pipeline.yaml``'s ``seeds``); fewer for
+            ablation rows where compute is short.
+    """
+
+    name: str
+    select: str = "synthesis"
+    synthesis: Mapping[str, Any] = field(default_factory=dict)
+    student: Mapping[str, Any] = field(default_factory=dict)
+    ipc: tuple[int, ...] | None = None
+    seeds: int | None = None
+
+
+BUILTIN_METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("full", select="teacher"),
+    # random real videos, hard labels, no mixing: the classic "random real" baseline
+    Method("random", select="random", student={"model.init_args.labels": "hard", "model.init_args.mix": "none"}),
+    # random real videos under student.yaml's own protocol (soft labels, TSGF_A, same epochs):
+    # the strongest cheap baseline, which synthesis has to beat to be worth its cost
+    Method("random+student", select="random"),
+    Method("tsgf", select="synthesis"),
+)}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``pipeline.yaml``, validated: IPCs, seeds per (method, IPC), and the methods in run order.
+
+    Attributes:
+        evaluate_on: ``test`` (students report the real test split) or ``val`` (the validation
+            carve-out: for choosing settings; the test split is then never evaluated by a student).
+        teacher: an existing TeacherModule checkpoint that every stage uses instead of a teacher
+            trained by this pipeline (no teacher stage, so no ``full`` row).
+    """
+
+    ipc: tuple[int, ...]
+    seeds: int
+    methods: tuple[Method, ...]
+    jobs: int = 1
+    evaluate_on: Literal["test", "val"] = "test"
+    teacher: Path | None = None
+
+
+def _real_selections() -> tuple[str, ...]:
+    """DataModule ``train_set`` modes that pick real clips per class (everything but real/distilled/none)."""
+    import typing
+
+    from ..data.datamodule import TrainSet
+    return tuple(t for t in typing.get_args(TrainSet) if t not in ("real", "distilled", "none"))
+
+
+def check_int(where: str, value, low: int) -> int:
+    """``value`` if it is an integer >= ``low``, else a PipelineError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise PipelineError(f"Expected {where} to be an integer >= {low} but got {value!r}")
+    return value
+
+
+def _overrides(where: str, value) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k and not k.startswith("-") for k in value):
+        raise PipelineError(f"Expected {where} to be a mapping of dotted config keys (model.init_args.mix: none) "
+                            f"to values but got {value!r}")
+    return dict(value)
+
+
+def _extra_method(path: Path, name, spec, selections: tuple[str, ...]) -> Method:
+    where = f"`extra_methods.{name}` in {path}"
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PipelineError(f"Expected method names in `extra_methods` of {path} to be file-name safe "
+                            f"(letters, digits, _ . + -) but got {name!r}")
+    if name in BUILTIN_METHODS:
+        raise PipelineError(f"{where}: {name!r} is a built-in method; give the variant another name")
+    if not isinstance(spec, dict):
+        raise PipelineError(f"Expected {where} to be a mapping with keys {list(METHOD_KEYS)} but got {spec!r}")
+    unknown = sorted(set(spec) - set(METHOD_KEYS))
+    if unknown:
+        raise PipelineError(f"{where} has unknown key(s) {unknown}; known keys: {list(METHOD_KEYS)}")
+    select = spec.get("select", "synthesis")
+    if select not in ("synthesis", *selections):
+        raise PipelineError(f"Expected `select` of {where} to be one of {['synthesis', *selections]} but got "
+                            f"{select!r}")
+    if spec.get("synthesis") and select != "synthesis":
+        raise PipelineError(f"{where} gives `synthesis` overrides but selects {select!r} (no synthesis stage)")
+    ipc = spec.get("ipc")
+    if ipc is not None:
+        ipc = [ipc] if isinstance(ipc, int) and not isinstance(ipc, bool) else ipc
+        if not isinstance(ipc, list) or not ipc or len(set(map(str, ipc))) != len(ipc):
+            raise PipelineError(f"Expected `ipc` of {where} to be a non-empty list of distinct integers >= 1 "
+                                f"but got {spec.get('ipc')!r}")
+        ipc = tuple(sorted(check_int(f"every `ipc` of {where}", k, 1) for k in ipc))
+    seeds = None if spec.get("seeds") is None else check_int(f"`seeds` of {where}", spec["seeds"], 1)
+    return Method(name, select, _overrides(f"`synthesis` of {where}", spec.get("synthesis") or {}),
+                  _overrides(f"`student` of {where}", spec.get("student") or {}), ipc, seeds)
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    """Read and validate ``pipeline.yaml`` (every error names the key and the file).
+
+    ``methods`` defaults to the four built-ins; every method of ``extra_methods`` runs too, after
+    those listed in ``methods`` unless ``methods`` places it.
+    """
+    import yaml
+
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise PipelineError(f"Expected {path} to be a mapping with keys {list(PIPELINE_KEYS)} but got {raw!r}")
+    if "split" in raw:
+        raise PipelineError(f"{path} has the key `split`, which is now `evaluate_on` (test or val): rename it")
+    unknown = sorted(set(raw) - set(PIPELINE_KEYS))
+    if unknown:
+        raise PipelineError(f"{path} has unknown key(s) {unknown}; known keys: {list(PIPELINE_KEYS)}")
+    ipc = raw.get("ipc", [1])
+    ipc = [ipc] if isinstance(ipc, int) and not isinstance(ipc, bool) else ipc
+    if not isinstance(ipc, list) or not ipc:
+        raise PipelineError(f"Expected `ipc` in {path} to be a non-empty list of integers >= 1 but got {ipc!r}")
+    ipc = [check_int(f"every `ipc` in {path}", k, 1) for k in ipc]
+    if len(set(ipc)) != len(ipc):
+        raise PipelineError(f"Expected `ipc` in {path} to have no repeats but got {ipc}")
+    seeds = check_int(f"`seeds` in {path}", raw.get("seeds", 3), 1)
+    jobs = check_int(f"`jobs` in {path}", raw.get("jobs", 1), 1)
+    extra_raw = raw.get("extra_methods") or {}
+    if not isinstance(extra_raw, dict):
+        raise PipelineError(f"Expected `extra_methods` in {path} to be a mapping name -> spec but got {extra_raw!r}")
+    selections = _real_selections() if extra_raw else ()  # imports torch: only when there is something to check
+    extra = {name: _extra_method(path, name, spec, selections) for name, spec in extra_raw.items()}
+    known = {**BUILTIN_METHODS, **extra}
+    names = raw.get("methods", list(BUILTIN_METHODS))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PipelineError(f"Expected `methods` in {path} to be a list of method names but got {names!r}")
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise PipelineError(f"unknown method(s) {bad} in `methods` of {path}; known methods: {list(known)} "
+                            "(define new ones under `extra_methods`)")
+    if len(set(names)) != len(names):
+        raise PipelineError(f"Expected `methods` in {path} to have no repeats but got {names}")
+    names += [n for n in extra if n not in names]
+    evaluate_on = raw.get("evaluate_on", "test")
+    if evaluate_on not in EVALUATE_ON:
+        raise PipelineError(f"Expected `evaluate_on` in {path} to be one of {list(EVALUATE_ON)} but got "
+                            f"{evaluate_on!r}")
+    teacher = raw.get("teacher")
+    if teacher is not None:
+        if not isinstance(teacher, str) or not teacher:
+            raise PipelineError(f"Expected `teacher` in {path} to be a checkpoint path but got {teacher!r}")
+        if "full" in names:
+            raise PipelineError(f"`teacher` in {path} reuses an existing teacher, so there is no teacher stage to "
+                                "report as `full`: remove `full` from `methods`")
+        teacher = Path(os.path.abspath(teacher))  # not resolve(): last.ckpt is a link that moves on
+    return PipelineConfig(tuple(sorted(ipc)), seeds, tuple(known[n] for n in names), jobs, evaluate_on, teacher)
