@@ -205,3 +205,69 @@ def test_write_results_for_several_ipcs(tmp_path):
     assert "| tsgf | A | 3 |  | 10.0 ± 1.0 | 50.0 ± 1.0 | 100.0 ± 1.0 |" in md
     assert "| full | A | 1 | 80.0 ± 0.0 |  |  |  |" in md
     assert plot_accuracy_vs_ipc(rows, tmp_path / "p.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------- paired comparisons
+def test_synthesis_per_seed_gives_each_seed_its_own_initialisation_and_set(tmp_path, tiny_dir):
+    cfg = tiny_dir({"ipc": [1], "seeds": 2, "methods": ["full", "tsgf"], "synthesis_per_seed": True,
+                    "extra_methods": {"tsgf-O_off": {"synthesis": {"model.init_args.mask": "none"}},
+                                      "tsgf-O_off-mix": {"synthesis": {"model.init_args.mask": "none"},
+                                                "student": {"model.init_args.mix": "videomix"}}},
+                    "pairs": [["tsgf", "tsgf-O_off"]]})
+    out = tmp_path / "out"
+    stages = {st.name: st for st in plan(cfg, out, load_pipeline_config(cfg / "pipeline.yaml"))}
+    assert sorted(n for n in stages if n.startswith("synthesis")) == [
+        "synthesis_ipc1_seed0", "synthesis_ipc1_seed1", "synthesis_tsgf-O_off_ipc1_seed0",
+        "synthesis_tsgf-O_off_ipc1_seed1"]
+    for s in (0, 1):
+        for name, student in ((f"synthesis_ipc1_seed{s}", f"student_tsgf_ipc1_seed{s}"),
+                              (f"synthesis_tsgf-O_off_ipc1_seed{s}", f"student_tsgf-O_off_ipc1_seed{s}")):
+            syn = stages[name].command()
+            assert {f"--seed_everything={s}", f"--model.init_args.init_seed={s}", f"--model.init_args.seed={s}"} \
+                <= set(syn)
+            assert stages[student].needs == ("teacher", name)
+            assert f"--data.distilled_path={stages[name].outputs[0]}" in stages[student].command()
+    # equal synthesis overrides share one run per seed, named after the first method (YAML keys sort)
+    assert stages["student_tsgf-O_off-mix_ipc1_seed1"].needs == ("teacher", "synthesis_tsgf-O_off_ipc1_seed1")
+    # seed s of the two variants starts from the same clips: only the mask differs between their synthesis commands
+    a, b = stages["synthesis_ipc1_seed1"].command(), stages["synthesis_tsgf-O_off_ipc1_seed1"].command()
+    assert {x for x in set(a) ^ set(b) if "save_dir" not in x and "export_dir" not in x and "result" not in x
+            and "fingerprint" not in x and "logger.init_args.name" not in x and not x.endswith(".json")} == {
+        "--model.init_args.mask=none", "--method", "tsgf-O_off"}
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([["tsgf", "nope"]], r"\[tsgf, nope\] must name two different methods"),
+    ([["tsgf", "tsgf"]], r"two different methods"),
+    ([["full", "tsgf"]], r"not `full`"),
+    ([["tsgf"]], r"list of \[variant, baseline\]"),
+])
+def test_bad_pairs_are_named(tmp_path, tiny_dir, pairs, message):
+    cfg = tiny_dir({"ipc": [1], "seeds": 1, "methods": FOUR, "pairs": pairs})
+    with pytest.raises(PipelineError, match=message):
+        load_pipeline_config(cfg / "pipeline.yaml")
+
+
+def test_paired_differences_against_a_naive_computation(tmp_path):
+    from tsgf_lightning.paired import paired_differences
+
+    a = {0: 0.50, 1: 0.60, 2: 0.55, 3: 0.70}
+    b = {0: 0.45, 1: 0.62, 2: 0.40, 4: 0.30}  # seed 3 only in a, seed 4 only in b
+    runs = ([{"method": "a", "ipc": 1, "seed": s, "top1": v} for s, v in a.items()]
+            + [{"method": "b", "ipc": 1, "seed": s, "top1": v} for s, v in b.items()])
+    (row,) = paired_differences(runs, [("a", "b")])
+    d = [a[s] - b[s] for s in (0, 1, 2)]
+    mean = sum(d) / 3
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / 2) / math.sqrt(3)
+    assert row["pairs"] == 3 and row["seeds"] == [0, 1, 2] and row["unpaired"] == 2
+    assert row["diff_mean"] == pytest.approx(mean) and row["diff_se"] == pytest.approx(se)
+    (one,) = paired_differences(runs[:1] + runs[4:5], [("a", "b")])
+    assert one["pairs"] == 1 and one["diff_se"] is None
+    paths = write_results(tmp_path, aggregate(runs_with_top5(runs)), paired=[row])
+    text = paths["md"].read_text()
+    assert "## Paired differences" in text and f"{100 * mean:+.1f} ± {100 * se:.1f}" in text
+    assert json.loads(paths["paired"].read_text())[0]["diffs"] == pytest.approx(d)
+
+
+def runs_with_top5(runs):
+    return [{**r, "arch": "MiniC3D", "top5": r["top1"]} for r in runs]

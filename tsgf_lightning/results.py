@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .atomic import write_text_atomic
+from .paired import paired_markdown
 
 ROW_KEYS = ("method", "ipc", "arch", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std")
 #: Written when known: ``fingerprints``, the short fingerprint digest of each run aggregated in the row
@@ -225,10 +226,13 @@ def log_summary_to_tensorboard(log_dir: str | Path, markdown: str, image_path: s
 
 def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence[Mapping] | None = None,
                   tensorboard: bool = True, evaluate_on: str = "test",
-                  skipped: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
+                  skipped: Mapping[str, Sequence[str]] | None = None,
+                  paired: Sequence[Mapping] | None = None) -> dict[str, Path]:
     """Write ``results.json``, ``results.md``, ``accuracy_vs_ipc.png`` and (optionally) ``summary/`` under ``out_dir``.
 
     ``evaluate_on`` names what the accuracies were measured on (``test``, or ``val`` for a settings search).
+    ``paired`` rows (:func:`~tsgf_lightning.paired.paired_differences`) go to ``paired.json`` and a
+    section of ``results.md``.
 
     Returns:
         The written paths by name (``json``, ``md``, ``png``, and ``tensorboard`` when written).
@@ -238,6 +242,10 @@ def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "accuracy_vs_ipc.png"}
     write_text_atomic(paths["json"], json.dumps(rows, indent=2) + "\n")
     markdown = results_markdown(rows, stages, evaluate_on, skipped)
+    if paired:
+        paths["paired"] = out / "paired.json"
+        write_text_atomic(paths["paired"], json.dumps(list(paired), indent=2) + "\n")
+        markdown += paired_markdown(paired, evaluate_on)
     write_text_atomic(paths["md"], markdown)
     plot_accuracy_vs_ipc(rows, paths["png"], evaluate_on=evaluate_on)
     if tensorboard:

@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 CONFIG_FILES = ("teacher.yaml", "synthesis.yaml", "student.yaml", "pipeline.yaml")
 DATA_FILE = "data.yaml"
-PIPELINE_KEYS = ("ipc", "seeds", "methods", "extra_methods", "jobs", "evaluate_on", "teacher")
+PIPELINE_KEYS = ("ipc", "seeds", "methods", "extra_methods", "jobs", "evaluate_on", "teacher", "synthesis_per_seed",
+                 "pairs")
 EVALUATE_ON = ("test", "val")
 METHOD_KEYS = ("select", "synthesis", "student", "ipc", "seeds")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -94,6 +95,11 @@ class PipelineConfig:
             carve-out: for choosing settings; the test split is then never evaluated by a student).
         teacher: an existing TeacherModule checkpoint that every stage uses instead of a teacher
             trained by this pipeline (no teacher stage, so no ``full`` row).
+        synthesis_per_seed: one synthesis per student seed ``s`` (``init_seed`` and ``seed`` = ``s``),
+            each seed's students on their own set: the spread then covers the initial clips too, and
+            seed ``s`` of two variants shares its initial clips (paired comparisons).
+        pairs: ``(variant, baseline)`` method names whose per-seed differences are reported
+            (:mod:`~tsgf_lightning.paired`).
     """
 
     ipc: tuple[int, ...]
@@ -102,6 +108,8 @@ class PipelineConfig:
     jobs: int = 1
     evaluate_on: Literal["test", "val"] = "test"
     teacher: Path | None = None
+    synthesis_per_seed: bool = False
+    pairs: tuple[tuple[str, str], ...] = ()
 
 
 def _real_selections() -> tuple[str, ...]:
@@ -210,4 +218,21 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
             raise PipelineError(f"`teacher` in {path} reuses an existing teacher, so there is no teacher stage to "
                                 "report as `full`: remove `full` from `methods`")
         teacher = Path(os.path.abspath(teacher))  # not resolve(): last.ckpt is a link that moves on
-    return PipelineConfig(tuple(sorted(ipc)), seeds, tuple(known[n] for n in names), jobs, evaluate_on, teacher)
+    per_seed = raw.get("synthesis_per_seed", False)
+    if not isinstance(per_seed, bool):
+        raise PipelineError(f"Expected `synthesis_per_seed` in {path} to be true or false but got {per_seed!r}")
+    return PipelineConfig(tuple(sorted(ipc)), seeds, tuple(known[n] for n in names), jobs, evaluate_on, teacher,
+                          per_seed, _pairs(path, raw.get("pairs") or [], names))
+
+
+def _pairs(path: Path, raw, names: list[str]) -> tuple[tuple[str, str], ...]:
+    """``pairs: [[variant, baseline], ...]``: two distinct methods of this pipeline, neither ``full``."""
+    if not isinstance(raw, list) or not all(isinstance(p, list) and len(p) == 2 for p in raw):
+        raise PipelineError(f"Expected `pairs` in {path} to be a list of [variant, baseline] method pairs but got "
+                            f"{raw!r}")
+    for variant, baseline in raw:
+        bad = [n for n in (variant, baseline) if n not in names or n == "full"]
+        if bad or variant == baseline:
+            raise PipelineError(f"`pairs` in {path}: [{variant}, {baseline}] must name two different methods of "
+                                f"this pipeline with students (not `full`); methods: {names}")
+    return tuple((v, b) for v, b in raw)

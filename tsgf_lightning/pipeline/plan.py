@@ -100,14 +100,15 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
         for m in cfg.methods:
             if m.select == "teacher" or k not in (m.ipc or cfg.ipc):
                 continue
-            distilled = None
-            if m.select == "synthesis":
-                key = (m.name if m.synthesis else "", k)  # methods without synthesis overrides share one run
-                if key not in synthesis:
-                    synthesis[key] = _synthesis_stage(config_dir, out, m, k, teacher_ckpt, teacher_needs)
-                    stages.append(synthesis[key])
-                distilled = synthesis[key].outputs[0]
             for s in range(m.seeds or cfg.seeds):
+                distilled, seed = None, s if cfg.synthesis_per_seed else None
+                if m.select == "synthesis":
+                    # Methods with equal synthesis overrides (none, most often) share one run, named after the first.
+                    key = (json.dumps(sorted(m.synthesis.items()), default=str), k, seed)
+                    if key not in synthesis:
+                        synthesis[key] = _synthesis_stage(config_dir, out, m, k, teacher_ckpt, teacher_needs, seed)
+                        stages.append(synthesis[key])
+                    distilled = synthesis[key].outputs[0]
                 if distilled is not None:
                     select = [override("data.train_set", "distilled"), override("data.distilled_path", distilled)]
                 else:  # a fresh random draw per seed: the spread then covers the choice of real videos too
@@ -127,16 +128,20 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
 
 
 def _synthesis_stage(config_dir: Path, out: Path, m: Method, k: int, teacher_ckpt: Path,
-                     needs: tuple[str, ...]) -> Stage:
-    save_dir, name = (out / "synthesis", f"{m.name}_ipc{k}") if m.synthesis else (out, f"synthesis_ipc{k}")
+                     needs: tuple[str, ...], seed: int | None = None) -> Stage:
+    """A synthesis run at IPC ``k``; with ``seed``, initialised and augmented from that seed (its own dir)."""
+    tail = "" if seed is None else f"_seed{seed}"
+    save_dir, name = (out / "synthesis", f"{m.name}_ipc{k}{tail}") if m.synthesis else (out, f"synthesis_ipc{k}{tail}")
     export = Path(m.synthesis.get("model.init_args.export_dir", save_dir / name))
-    overrides = [override("model.init_args.teacher_ckpt", teacher_ckpt), override("model.init_args.ipc", k),
+    seeded = [] if seed is None else [override(key, seed) for key in ("seed_everything", "model.init_args.init_seed",
+                                                                       "model.init_args.seed")]
+    overrides = [override("model.init_args.teacher_ckpt", teacher_ckpt), override("model.init_args.ipc", k), *seeded,
                  *logger_dir(save_dir, name), override("model.init_args.export_dir", save_dir / name),
                  *(override(key, v) for key, v in m.synthesis.items())]
-    stage_name = f"synthesis_{m.name}_ipc{k}" if m.synthesis else f"synthesis_ipc{k}"
+    stage_name = f"synthesis_{m.name}_ipc{k}{tail}" if m.synthesis else f"synthesis_ipc{k}{tail}"
     return Stage(stage_name, stage_name.replace("_", " "), "synthesis", stage_files(config_dir, "synthesis", k),
                  tuple(overrides), save_dir / name / "result.json", outputs=(export / "distilled.pt",),
-                 test=False, method=m.name if m.synthesis else None, ipc=k, needs=needs)
+                 test=False, method=m.name if m.synthesis else None, ipc=k, seed=seed, needs=needs)
 
 
 # ---------------------------------------------------------------------- checks before running

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..atomic import unwritable, write_json_atomic
 from ..fingerprint import short
 from ..freshness import prepare_launch, statuses, superseded_root
+from ..paired import paired_differences
 from ..results import aggregate, write_results
 from .collect import collect_runs, result_of, skipped_videos, summary
 from .config import PipelineError, check_int, contract, load_pipeline_config
@@ -89,9 +90,11 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
             todo = [st for st in stages if status[st.name].state != "done"]
             Scheduler(out / "logs", jobs, gpu_ids, bar, prepare, finished, (lock.fileno(),)).run(todo, heads, wants)
             save()
-            rows = aggregate(collect_runs(cfg, stages))
+            runs = collect_runs(cfg, stages)
+            rows = aggregate(runs)
             skipped = skipped_videos(stages)
-            paths = write_results(out, rows, records, evaluate_on=cfg.evaluate_on, skipped=skipped)
+            paths = write_results(out, rows, records, evaluate_on=cfg.evaluate_on, skipped=skipped,
+                                  paired=paired_differences(runs, cfg.pairs))
     finally:
         lock.close()
     for part, videos in skipped.items():
