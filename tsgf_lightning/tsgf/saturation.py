@@ -15,7 +15,7 @@ compared with two baselines:
 
 Measured as that ratio, the largest over each run, on the tests' embedded set (a 16/32/32 teacher)
 and on ucf101-mini9 (a 16/32/32 teacher at 0.43 top-1, 8 epochs), with the settings of
-``configs/embedded/synthesis.yaml`` and ``configs/ucf101_mini9/synthesis_ipc1.yaml`` (binary mask
+``configs/embedded/synthesis.yaml`` and ``configs/ucf101_mini9/synthesis.yaml`` (binary mask
 on the update, factor 2) except where a row says otherwise:
 
 ===========================================  ================  ================
