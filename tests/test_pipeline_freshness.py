@@ -141,6 +141,56 @@ def test_a_changed_key_makes_its_stage_and_everything_downstream_stale(copied, f
             assert reason in status[name].reasons or any("runs again" in r for r in status[name].reasons)
 
 
+def _forget_in_record(result: Path, key: str) -> str:
+    """Make ``result``'s recorded fingerprint predate the option ``key`` (as a run by an older version); its digest."""
+    import hashlib
+
+    data = json.loads(result.read_text())
+    record = data["fingerprint"]
+    del record["config"][key]
+    body = {"config": record["config"], "inputs": record["inputs"]}
+    record["digest"] = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    result.write_text(json.dumps(data))
+    return record["digest"]
+
+
+def test_a_new_option_at_its_default_keeps_finished_stages_and_away_from_it_reruns_them(copied):
+    """A record that lacks an option (it predates it) ran what the option's default does; any other value reruns."""
+    cfg, out = copied
+    key = "model.init_args.max_saturated_fraction"  # a SynthesisModule option whose value here is its default
+    result = out / "synthesis_ipc1" / "result.json"
+    recorded = _forget_in_record(result, key)
+    status = current_statuses(cfg, out)
+    assert {s.state for s in status.values()} == {"done"}
+    assert status["synthesis_ipc1"].reasons == [f"new option(s) at their default: {key}"]
+    assert status["synthesis_ipc1"].digest == recorded  # the result keeps the provenance it was made with
+    edit(cfg / "synthesis.yaml", key, 0.6)
+    status = current_statuses(cfg, out)
+    assert status["synthesis_ipc1"].state == "stale" and f"{key}: <unset> -> 0.6" in status["synthesis_ipc1"].reasons
+    assert all(status[n].state == "stale" for n in TSGF_STUDENTS)
+
+
+def test_new_at_default_against_the_signatures():
+    from tsgf_lightning.config_defaults import code_default, new_at_default
+
+    resolved = {"model": {"class_path": "tsgf_lightning.modules.synthesis.SynthesisModule",
+                          "init_args": {"eps": 0.5, "betas": [0.5, 0.9]}},
+                "data": {"frames": 8, "source": {"class_path": "tsgf_lightning.data.sources.UCF101",
+                                                 "init_args": {"fold": 1}}}}
+    assert code_default(resolved, "model.init_args.eps") == 0.5
+    assert code_default(resolved, "data.source.init_args.fold") == 1
+    assert code_default(resolved, "data.frames") == 8
+    assert code_default(resolved, "trainer.max_steps") == -1  # Lightning's Trainer
+    old = {"model.init_args.eps": 0.5, "data.frames": 8}
+    assert new_at_default(old, dict(old), resolved) == []
+    assert new_at_default(old, {**old, "model.init_args.betas": [0.5, 0.9]}, resolved) == ["model.init_args.betas"]
+    assert new_at_default(old, {**old, "model.init_args.betas": [0.9, 0.9]}, resolved) is None  # new, not default
+    assert new_at_default(old, {**old, "data.frames": 16}, resolved) is None  # a changed value
+    assert new_at_default(old, {"data.frames": 8}, resolved) is None  # a removed option
+    assert new_at_default(old, {**old, "seed_everything": 0}, resolved) is None  # no class declares it
+    assert new_at_default(old, {**old, "model.init_args.nonexistent": 1}, resolved) is None
+
+
 @pytest.mark.slow
 def test_rerun_after_changes_reruns_exactly_the_stale_stages_and_keeps_the_old_outputs(copied, subprocess_env):
     cfg, out = copied

@@ -191,6 +191,9 @@ def test_the_shared_teacher_checkpoint_loads_as_a_frozen_teacher(teacher_checkpo
     assert not teacher.net.training and not any(p.requires_grad for p in teacher.net.parameters())
     with torch.no_grad():
         assert teacher(torch.zeros(2, 3, 8, 48, 48)).shape == (2, 8)
+    other_std = (0.5, 0.5, 0.5)  # a teacher fed other normalisation would see shifted inputs: refused
+    with pytest.raises(ValueError, match=r"std = \[.*\] but the data config says \[0.5, 0.5, 0.5\]"):
+        load_teacher(path, 8, spec=DataSpec(names, 8, 48, IMAGENET_MEAN, other_std))
 
 
 # ----------------------------------------------------------------------------------- bad configs

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import write_json_atomic
+from .config_defaults import new_at_default
 from .fingerprint import changes, fingerprint
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -88,6 +89,9 @@ def stage_status(stage, resolved: dict, rerun: set[str]) -> Status:
         recorded = recorded if isinstance(recorded, dict) else None
         if recorded is not None and recorded.get("digest") == current["digest"]:
             return Status("done", [], current["digest"])
+        added = _new_options_only(recorded, current, resolved)
+        if added is not None:  # the recorded digest stays the result's provenance
+            return Status("done", [f"new option(s) at their default: {', '.join(added)}"], recorded["digest"])
         return Status("stale", changes(recorded, current), current["digest"])
     here = run_dir(stage)
     if not (here / FINGERPRINT_FILE).exists():
@@ -98,10 +102,19 @@ def stage_status(stage, resolved: dict, rerun: set[str]) -> Status:
         return Status("stale", [f"interrupted, and stage {', '.join(upstream)} runs again"])
     recorded = _recorded(here / FINGERPRINT_FILE)
     current = fingerprint(resolved)
-    if recorded is not None and recorded.get("digest") == current["digest"]:
+    if recorded is not None and (recorded.get("digest") == current["digest"]
+                                 or _new_options_only(recorded, current, resolved) is not None):
         return Status("resume", [], current["digest"])
     return Status("stale", ["interrupted under another config or other inputs: "
                             + "; ".join(changes(recorded, current))], current["digest"])
+
+
+def _new_options_only(recorded: dict | None, current: dict, resolved: dict) -> list[str] | None:
+    """The keys ``current`` adds to ``recorded``, when they are its only difference and all at their code
+    default (:func:`~tsgf_lightning.config_defaults.new_at_default`); else None."""
+    if not recorded or recorded.get("inputs") != current["inputs"] or not isinstance(recorded.get("config"), dict):
+        return None
+    return new_at_default(recorded["config"], current["config"], resolved)
 
 
 def _recorded(path: Path) -> dict | None:
@@ -159,7 +172,8 @@ def prepare_launch(stage, resolved: dict, out: Path, dest_root: Path) -> tuple[d
     here = run_dir(stage)
     marker = here / FINGERPRINT_FILE
     recorded = None if stage.result.exists() else _recorded(marker)
-    keep = recorded is not None and recorded.get("digest") == current["digest"]
+    keep = recorded is not None and (recorded.get("digest") == current["digest"]
+                                     or _new_options_only(recorded, current, resolved) is not None)
     moved = []
     if not keep:
         outside = [p for p in stage.outputs if here not in p.absolute().parents]

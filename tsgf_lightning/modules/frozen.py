@@ -101,8 +101,10 @@ def load_teacher(path: str, num_classes: int, backbone=None,
         diff = sorted(set(record["class_names"]) ^ set(spec.class_names))[:5]
         raise ValueError(f"teacher checkpoint {path} was trained on other classes than the data's "
                          f"(differing: {diff})")
-    for what, want in (("frames", spec and spec.frames), ("size", spec and spec.size)):
-        if want is not None and record.get(what) not in (None, want):
+    wants = (("frames", spec.frames), ("size", spec.size), ("mean", list(spec.mean)), ("std", list(spec.std))) \
+        if spec is not None else ()
+    for what, want in wants:  # a teacher fed other normalisation would label and select from shifted inputs
+        if record.get(what) not in (None, want):
             raise ValueError(f"teacher checkpoint {path} was trained on clips with {what} = {record[what]} but the "
                              f"data config says {want}")
     if backbone is not None:

@@ -104,7 +104,7 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
                 distilled, seed = None, s if cfg.synthesis_per_seed else None
                 if m.select == "synthesis":
                     # Methods with equal synthesis overrides (none, most often) share one run, named after the first.
-                    key = (json.dumps(sorted(m.synthesis.items()), default=str), k, seed)
+                    key = (json.dumps(sorted(m.synthesis.items()), sort_keys=True, default=str), k, seed)
                     if key not in synthesis:
                         synthesis[key] = _synthesis_stage(config_dir, out, m, k, teacher_ckpt, teacher_needs, seed)
                         stages.append(synthesis[key])

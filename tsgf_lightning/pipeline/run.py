@@ -70,7 +70,10 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
                 if status[st.name].state == "done":
                     text, top1 = summary(st)
                     digest = status[st.name].digest
-                    print(f"{heads[st.name]} ... skipped (done, same fingerprint {short(digest)}): {text}", flush=True)
+                    why = "".join(f"; {r}" for r in status[st.name].reasons)  # new options at their default
+                    kind = "recorded" if why else "same"
+                    print(f"{heads[st.name]} ... skipped (done, {kind} fingerprint {short(digest)}{why}): {text}",
+                          flush=True)
                     wall = previous.get(st.name, {}).get("wall_s") or result_of(st).get("seconds")
                     records.append(_record(st, "skipped", wall, top1, digest))
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from ..freshness import incomplete
 from .collect import summary
 from .config import PipelineError
 from .devices import Want, place, visible_devices
@@ -81,7 +82,8 @@ def tail(path: Path, n: int = 15) -> str:
 
 
 def failed(st: Stage, rc: int | None, log_path: Path) -> PipelineError:
-    return PipelineError(f"stage {st.title} failed (exit code {rc}); its log is {log_path}. Last lines:\n"
+    why = f"exit code {rc}" if rc != 0 else f"exit code 0, but {incomplete(st) or 'its outputs are incomplete'}"
+    return PipelineError(f"stage {st.title} failed ({why}); its log is {log_path}. Last lines:\n"
                          f"{tail(log_path)}\nFix the cause and run the same command again: finished stages are "
                          "skipped.")
 
