@@ -95,6 +95,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def digest_memo(tmp_path_factory):
+    """The tests' own memo of video digests (tsgf_lightning.data.digests), not the user's; subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TSGF_DIGESTS", str(tmp_path_factory.mktemp("digests") / "file-digests.json"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_embedded(tmp_path_factory) -> TinyEmbedded:
     from tsgf_lightning.data.embedded import generate_embedded

@@ -5,6 +5,8 @@ directories: tests/test_cache_integrity.py."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -64,22 +66,47 @@ def test_every_input_of_the_clips_changes_the_key(tmp_path, videos):
     assert len(set(variants.values())) == len(variants), variants
 
 
-def test_touching_or_rewriting_a_video_changes_the_key(tmp_path, videos):
+def test_the_key_follows_contents_not_timestamps(tmp_path, videos):
+    """A copy of the dataset with new mtimes keeps its caches; any change to a video's bytes does not."""
     cache = str(tmp_path / "cache")
     path = videos[0].path
-    second = 1_700_000_000 * 10**9
-    os.utime(path, ns=(second, second))
     before = cache_file(cache, SOURCE, "fit", videos, SPEC)
-    # A rewrite 1 microsecond later, within the same second, same size.
-    os.utime(path, ns=(second, second + 1000))
-    touched = cache_file(cache, SOURCE, "fit", videos, SPEC)
-    assert touched != before
-    Path(path).touch()  # now
-    assert cache_file(cache, SOURCE, "fit", videos, SPEC) not in (before, touched)
+    Path(path).touch()  # new mtime, same bytes (a re-extracted or copied dataset)
+    assert cache_file(cache, SOURCE, "fit", videos, SPEC) == before
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 1  # one bit, same size
+    st = os.stat(path)
+    Path(path).write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))  # 1 microsecond later, within the same second
+    flipped = cache_file(cache, SOURCE, "fit", videos, SPEC)
+    assert flipped != before
+    data[len(data) // 2] ^= 1
+    Path(path).write_bytes(bytes(data))  # the original bytes again
+    assert cache_file(cache, SOURCE, "fit", videos, SPEC) == before
     with open(path, "ab") as f:  # a different size
         f.write(b"\0")
-    os.utime(path, ns=(second, second + 1000))
-    assert cache_file(cache, SOURCE, "fit", videos, SPEC) not in (before, touched)
+    assert cache_file(cache, SOURCE, "fit", videos, SPEC) not in (before, flipped)
+
+
+def test_digests_are_remembered_by_stat_and_read_once(tmp_path, videos, monkeypatch):
+    import tsgf_lightning.data.digests as digests
+
+    monkeypatch.setenv("TSGF_DIGESTS", str(tmp_path / "memo.json"))
+    paths = [v.path for v in videos]
+    naive = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+    assert digests.content_digests(paths) == naive
+    memo = json.loads((tmp_path / "memo.json").read_text())
+    assert sorted(memo.values()) == sorted(naive) and len(memo) == len(paths)
+
+    reads = []
+    real = digests._sha256
+    monkeypatch.setattr(digests, "_sha256", lambda p: reads.append(p) or real(p))
+    assert digests.content_digests(paths) == naive and reads == []  # every stat known: nothing read
+    Path(paths[0]).touch()
+    assert digests.content_digests(paths) == naive and reads == [paths[0]]  # only the touched file
+    memo = json.loads((tmp_path / "memo.json").read_text())
+    assert len(memo) == len(paths)  # the entry under the old stat was replaced, not kept beside
+    assert digests.content_digests([*paths, str(tmp_path / "gone.avi")])[-1] is None
 
 
 # ------------------------------------------------------------------------------------ write and read

@@ -141,6 +141,24 @@ def test_a_changed_key_makes_its_stage_and_everything_downstream_stale(copied, f
             assert reason in status[name].reasons or any("runs again" in r for r in status[name].reasons)
 
 
+def test_a_dataset_with_new_timestamps_but_the_same_bytes_keeps_every_finished_stage(copied, tiny_embedded,
+                                                                                      monkeypatch):
+    """A dataset extracted or copied again (every mtime new) is the same data: nothing reruns."""
+    import os
+
+    import tsgf_lightning.fingerprint as fp
+
+    cfg, out = copied
+    videos = [p for p in Path(tiny_embedded.root).rglob("*") if p.is_file()]
+    assert videos
+    later = 2_000_000_000 * 10**9
+    for p in videos:
+        os.utime(p, ns=(later, later))
+    monkeypatch.setattr(fp, "_DATA_KEYS", {})  # this process's memo would hide a changed key
+    status = current_statuses(cfg, out)
+    assert {n: s.state for n, s in status.items()} == {n: "done" for n in status}
+
+
 def _forget_in_record(result: Path, key: str) -> str:
     """Make ``result``'s recorded fingerprint predate the option ``key`` (as a run by an older version); its digest."""
     import hashlib

@@ -6,7 +6,7 @@ A stage's fingerprint is
   default, as ``--print_config`` resolves them), flattened to dotted keys, less :data:`IGNORED_KEYS`;
 - ``inputs``: content hashes of what it reads: the teacher checkpoint (``teacher``), the distilled
   set (``distilled``) and the decoded data (``data``: the decode-cache key of each split, which hashes
-  the source, the file list with sizes and nanosecond mtimes, and the clip geometry);
+  the source, the file list with each file's content digest, and the clip geometry);
 - ``digest``: a SHA-256 of both, of which results show the first 12 hex digits.
 
 Paths of inputs are left out of ``config`` because their contents are in ``inputs`` (an output dir
@@ -114,9 +114,10 @@ _DATA_IDENTITY = ("source", "frames", "size", "resize", "sampling", "gap", "trai
 def data_key(data_config: dict) -> dict:
     """``{split: decode-cache file name}`` for the splits a DataModule with ``data_config`` reads.
 
-    The name carries a hash of the source, the file list (sizes, mtimes) and the clip geometry
+    The name carries a hash of the source, the file list (contents) and the clip geometry
     (:func:`~tsgf_lightning.data.cache.cache_file`): a replaced video or a changed geometry changes it.
-    Computing it lists the dataset and stats its files; nothing is decoded.
+    Computing it lists the dataset and reads each file whose stat it has not seen
+    (:mod:`~tsgf_lightning.data.digests`); nothing is decoded.
     """
     identity = {k: data_config.get(k) for k in _DATA_IDENTITY}
     memo = json.dumps(identity, sort_keys=True, default=str)

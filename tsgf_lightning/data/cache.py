@@ -1,7 +1,8 @@
 """Decode a part (``fit`` / ``val`` / ``test``) once with PyAV into a ``uint8`` file keyed by all that shapes it.
 
 The key hashes the source's identity (kind, root, fold, class subset), the part, the list of
-files (path, label, size, mtime in ns), the clip geometry (frames, resize, sampling, gap, clip
+files (path, label, size and SHA-256 of the contents, :mod:`.digests`: a copy of the dataset with new
+mtimes keeps its caches, a rewritten video does not), the clip geometry (frames, resize, sampling, gap, clip
 positions) and a format version, so a changed dataset or setting never reads a stale cache. Files
 are written to a temporary name and renamed, so an interrupted decode leaves no half-written cache
 behind, and loaded with ``mmap=True`` so DDP ranks and DataLoader workers share one copy in the
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import temp_sibling, write_atomic
 from .decode import Sampling, VideoDecodeError, decode_clips
+from .digests import content_digests
 from .integrity import (
     cache_problem,
     file_crc32,
@@ -50,7 +52,7 @@ from .integrity import (
 from .sources import VideoItem
 from .sources.base import preview
 
-CACHE_VERSION = 2  # v2: exact-rational frame indices (decode.sample_indices)
+CACHE_VERSION = 3  # v2: exact-rational frame indices (decode.sample_indices); v3: content digests, not mtimes
 
 
 @dataclass
@@ -85,13 +87,8 @@ def cache_file(cache_dir: str, source_key: dict, part: str, items: Sequence[Vide
     The file stored for it adds its integrity record to the name (:func:`~.integrity.recorded_name`).
     """
     files = hashlib.sha1()
-    for item in items:
-        try:
-            st = os.stat(item.path)
-            # Nanosecond mtime: a file rewritten within the same second still changes the key.
-            files.update(f"{item.path}|{item.label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            files.update(f"{item.path}|{item.label}|missing\n".encode())
+    for item, digest in zip(items, content_digests([item.path for item in items])):
+        files.update(f"{item.path}|{item.label}|{digest or 'missing'}\n".encode())
     key = {"version": CACHE_VERSION, "source": source_key, "part": part, "files": files.hexdigest(),
            "frames": spec.frames, "size_hw": list(spec.size_hw), "sampling": spec.sampling,
            "gap": spec.gap, "positions": list(spec.positions)}
