@@ -14,7 +14,10 @@ Rows (see ``methods()``):
   ``random+student`` (the student protocol used for TSGF), ``random+student-f2`` (random clips
   packed 2x2 like the TSGF set, when ``--factor 2``), ``herding`` and ``kcenter`` (coresets on the
   teacher's penultimate features, same student), ``sre2l`` (synthesis without TSGF_O, student
-  without TSGF_A: plain VideoMix), ``tsgf``;
+  without TSGF_A: plain VideoMix), ``tsgf``, and ``--baselines`` ``dm``, ``mtt`` (after ``--experts``
+  expert trajectories) and ``vdsd`` as their published video code runs them, for ``--baseline-steps``
+  iterations; with ``--protocol tsgf vdsd`` (the default) every row is evaluated a second time under
+  the published VDSD evaluation, as ``<method>@vdsd``;
 - ablations, at the smallest IPC with ``--ablation-seeds`` seeds: ``tsgf-O_off`` (no saliency mask
   in synthesis), ``tsgf-A_off`` (plain VideoMix in the student), ``tsgf-eq8`` / ``tsgf-eq8-signed``
   (the graded Eq. 8 mask on magnitude only / on magnitude and sign), ``tsgf-noise`` (noise
@@ -69,6 +72,7 @@ LAYOUTS = {
 ARCHS = {"ConvNet3D": "tsgf_lightning.models.ConvNet3D", "CNNLSTM": "tsgf_lightning.models.CNNLSTM",
          "CNNGRU": "tsgf_lightning.models.CNNGRU"}
 ABLATIONS = ("mask", "mix", "signed", "init", "arch")
+BASELINES = ("dm", "mtt", "vdsd")
 SYN = "model.init_args."
 
 
@@ -86,8 +90,9 @@ def templates() -> dict[str, dict]:
     shared = _load("data.yaml").get("data") or {} if (TEMPLATES / "data.yaml").is_file() else {}
     synthesis = "synthesis.yaml" if (TEMPLATES / "synthesis.yaml").is_file() else "synthesis_ipc1.yaml"
     out = {}
-    for name, template in (("teacher.yaml", "teacher.yaml"), ("synthesis.yaml", synthesis),
-                           ("student.yaml", "student.yaml")):
+    pairs = [("teacher.yaml", "teacher.yaml"), ("synthesis.yaml", synthesis), ("student.yaml", "student.yaml")]
+    pairs += [(f"{b}.yaml", f"{b}.yaml") for b in (*BASELINES, "experts") if (TEMPLATES / f"{b}.yaml").is_file()]
+    for name, template in pairs:
         cfg = _load(template)
         cfg["data"] = {**shared, **(cfg.get("data") or {})}
         out[name] = cfg
@@ -104,8 +109,11 @@ def stage_configs(args, frames: int, val_fraction: float) -> dict[str, dict]:
             "val_fraction": val_fraction}
     if args.cache_dir:
         data["cache_dir"] = str(Path(args.cache_dir).resolve())
-    teacher, synthesis, student = templates().values()
-    for cfg in (teacher, synthesis, student):
+    found = templates()
+    teacher, synthesis, student = found["teacher.yaml"], found["synthesis.yaml"], found["student.yaml"]
+    baselines = {f"{b}.yaml": found[f"{b}.yaml"] for b in (*args.baselines, *(["experts"] if "mtt" in args.baselines
+                                                                               else []))}
+    for cfg in (teacher, synthesis, student, *baselines.values()):
         cfg["data"].update(data)
         cfg["trainer"]["enable_progress_bar"] = False  # the pipeline shows its own progress
     teacher["trainer"]["max_epochs"] = args.teacher_epochs
@@ -114,7 +122,15 @@ def stage_configs(args, frames: int, val_fraction: float) -> dict[str, dict]:
     synthesis["trainer"]["max_steps"] = args.synthesis_steps
     student["trainer"]["max_steps"] = args.student_steps
     student["data"]["distilled_path"] = None  # the pipeline names each set
-    return {"teacher.yaml": teacher, "synthesis.yaml": synthesis, "student.yaml": student}
+    steps = args.baseline_steps or args.synthesis_steps  # equal iterations unless told otherwise
+    for name, cfg in baselines.items():
+        if name == "experts.yaml":
+            cfg["trainer"]["max_epochs"] = args.expert_epochs
+            continue
+        cfg["trainer"]["max_steps"] = steps
+        if name == "vdsd.yaml":  # the published split: 1 static iteration for every 5 dynamic ones
+            cfg["model"]["init_args"].update(static_steps=steps // 6, dynamic_steps=steps - steps // 6)
+    return {"teacher.yaml": teacher, "synthesis.yaml": synthesis, "student.yaml": student, **baselines}
 
 
 def methods(args) -> dict[str, dict]:
@@ -268,6 +284,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--ablation-seeds", type=int, default=None, help="seeds of ablation rows (default: --seeds)")
     p.add_argument("--ablation-ipc", type=int, nargs="*", default=[], help="extra IPCs for random+student and tsgf")
     p.add_argument("--extra-frames", type=int, nargs="*", default=[], help="frame counts for tsgf/random+student rows")
+    p.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+                   help="distillation methods the paper compares with, rows of their own (default: all three)")
+    p.add_argument("--baseline-steps", type=int, default=None, help="their iterations (default: --synthesis-steps)")
+    p.add_argument("--experts", type=int, default=2, help="MTT's expert trajectories")
+    p.add_argument("--expert-epochs", type=int, default=12, help="epochs of each expert (>= MTT's last read epoch)")
+    p.add_argument("--protocol", nargs="+", default=["tsgf", "vdsd"], choices=["tsgf", "vdsd"],
+                   help="student protocols; rows of the second are named <method>@vdsd (method.md's VDSD "
+                        "evaluation: hard labels, SGD, no augmentation, MTT's learnt rate)")
     p.add_argument("--dry-run", action="store_true", help="write the configs and print the stages; run nothing")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the table from the stages finished so far (rows list their seeds)")
@@ -283,7 +307,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         chosen = json.loads((out / "search.json").read_text())["chosen"]
         args.synthesis_lr, args.bn_weight = chosen["lr"], chosen["bn_weight"]
     pipeline = {"ipc": args.ipc, "seeds": args.seeds, "jobs": args.jobs,
-                "methods": ["full", "random", "random+student", "tsgf"], "extra_methods": methods(args)}
+                "methods": ["full", "random", "random+student", "tsgf", *args.baselines],
+                "extra_methods": methods(args), "protocols": args.protocol, "experts": args.experts}
     if not (args.report_only and (out / "configs" / "pipeline.yaml").is_file()):  # report what ran, as it ran
         write_config_dir(out / "configs", args, args.frames, pipeline)
     run = finished_rows if args.report_only else partial(run_pipeline, dry_run=args.dry_run, bar=False)
@@ -305,8 +330,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stages = [r for d in [out, *(out / f"frames{f}" for f in args.extra_frames)] if (d / "stages.json").is_file()
               for r in json.loads((d / "stages.json").read_text())]
     write_results(out, rows, stages or None)
-    main = ("full", "random", "random+student", f"random+student-f{args.factor}", "herding", "kcenter", "sre2l", "tsgf")
-    main_rows = [r for r in rows if r["method"] in main]
+    main = ("full", "random", "random+student", f"random+student-f{args.factor}", "herding", "kcenter", "sre2l", "tsgf",
+            *BASELINES)
+    main_rows = [r for r in rows if r["method"].split("@")[0] in main]
     plot_accuracy_vs_ipc(main_rows, out / "accuracy_vs_ipc.png")
     plot_ablations(rows, out / "ablations.png", min(args.ipc))
     wall = time.time() - start

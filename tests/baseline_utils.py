@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import torch
@@ -59,6 +60,18 @@ def fit(make_module, data, root: Path, max_steps: int, ckpt_every: int | None = 
     finally:
         torch.set_num_threads(threads)
     return t, module
+
+
+def embedded_data(tiny_embedded, cache_dir: str) -> SimpleNamespace:
+    """What every helper here takes as ``data``: conftest's tiny embedded set and its shared decode cache."""
+    return SimpleNamespace(embedded=tiny_embedded, cache=cache_dir)
+
+
+def reference_run(make_module, data, tmp_path_factory, name: str, steps: int) -> SimpleNamespace:
+    """An uninterrupted fit of ``steps`` steps with a checkpoint after each: ``root`` and the ``module``."""
+    root = tmp_path_factory.mktemp(name)
+    _, module = fit(make_module, data, root, steps, ckpt_every=1)
+    return SimpleNamespace(root=root, module=module)
 
 
 def exported(root: Path) -> dict:

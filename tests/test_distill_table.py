@@ -88,6 +88,16 @@ def test_configs_and_plan_for_a_dataset_root(tmp_path, table, capsys):
     gru = by_name["student_tsgf-CNNGRU_ipc1_seed0"].command()
     assert '--model.init_args.backbone={"class_path": "tsgf_lightning.models.CNNGRU"}' in gru
     assert "student herding ipc5 seed1" in capsys.readouterr().out
+    # the paper's baselines, every row again under the published VDSD evaluation, MTT after its experts
+    for name in ("dm", "mtt", "vdsd", "experts"):
+        assert yaml.safe_load((cfg / f"{name}.yaml").read_text())["data"]["frames"] == 4
+    for method in ("dm", "mtt", "vdsd", "tsgf@vdsd", "dm@vdsd", "random@vdsd", "sre2l@vdsd"):
+        assert students[(method, 1)] == [0, 1] and students[(method, 5)] == [0, 1], method
+    assert ("full@vdsd", 1) not in students
+    assert by_name["mtt_ipc5"].needs == ("experts_0", "experts_1")
+    vdsd = yaml.safe_load((cfg / "vdsd.yaml").read_text())
+    assert vdsd["trainer"]["max_steps"] == 300 and vdsd["model"]["init_args"]["static_steps"] == 50
+    assert "--model.init_args.lr_from_set=true" in by_name["student_mtt@vdsd_ipc1_seed0"].command()
 
 
 def test_templates_read_alike_in_the_composed_and_the_whole_file_layout(tmp_path, table, monkeypatch):
@@ -130,7 +140,8 @@ def test_whole_table_on_unseen_ucf_layout(tmp_path, table, write_video, monkeypa
     rows = table.main(["--data-root", str(root), "--frames", "4", "--size", "48", "--ipc", "1", "--seeds", "1",
                        "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
                        "--teacher-epochs", "1", "--synthesis-steps", "2", "--student-steps", "2",
-                       "--ablations", "mask", "--search", "--search-lr", "0.01", "0.05", "--search-bn", "0.001",
+                       "--ablations", "mask", "--baselines", "--protocol", "tsgf",  # baselines: test_pipeline_baselines
+                       "--search", "--search-lr", "0.01", "0.05", "--search-bn", "0.001",
                        "--search-val-fraction", "0.25", "--search-seeds", "1", "--extra-frames", "6"])
     search = json.loads((out / "search.json").read_text())
     # the search scored its students on its own carve-out and never on the test split

@@ -25,8 +25,10 @@ from .baseline_utils import (
     assert_a_student_trains_on,
     assert_resumes_exactly,
     datamodule,
+    embedded_data,
     exported,
     fit,
+    reference_run,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,15 +42,13 @@ def make_dm(export_dir: str, **kwargs) -> DMModule:
 
 @pytest.fixture(scope="module")
 def data(tiny_embedded, shared_cache_dir) -> SimpleNamespace:
-    return SimpleNamespace(embedded=tiny_embedded, cache=shared_cache_dir)
+    return embedded_data(tiny_embedded, shared_cache_dir)
 
 
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory) -> SimpleNamespace:
     """Four uninterrupted steps with a checkpoint after each: the reference of every test here."""
-    root = tmp_path_factory.mktemp("dm_run")
-    _, module = fit(make_dm, data, root, STEPS, ckpt_every=1)
-    return SimpleNamespace(root=root, module=module)
+    return reference_run(make_dm, data, tmp_path_factory, "dm_run", STEPS)
 
 
 def test_a_step_loss_equals_a_naive_per_class_loop_with_the_same_fresh_network(data, run) -> None:

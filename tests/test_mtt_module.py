@@ -29,8 +29,9 @@ from .baseline_utils import (
     assert_a_student_trains_on,
     assert_resumes_exactly,
     datamodule,
+    embedded_data,
     exported,
-    fit,
+    reference_run,
     trainer,
 )
 
@@ -42,7 +43,7 @@ MTT = dict(ipc=1, syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=100.0,
 
 @pytest.fixture(scope="module")
 def data(tiny_embedded, shared_cache_dir) -> SimpleNamespace:
-    return SimpleNamespace(embedded=tiny_embedded, cache=shared_cache_dir)
+    return embedded_data(tiny_embedded, shared_cache_dir)
 
 
 def expert_datamodule(data):
@@ -140,9 +141,7 @@ def make_mtt(experts):
 
 @pytest.fixture(scope="module")
 def run(data, experts, tmp_path_factory) -> SimpleNamespace:
-    root = tmp_path_factory.mktemp("mtt_run")
-    _, module = fit(make_mtt(experts), data, root, STEPS, ckpt_every=1)
-    return SimpleNamespace(root=root, module=module)
+    return reference_run(make_mtt(experts), data, tmp_path_factory, "mtt_run", STEPS)
 
 
 def test_the_unrolled_student_is_a_plain_sgd_loop_from_the_experts_weights(experts, run) -> None:
@@ -181,6 +180,25 @@ def test_mtt_exports_the_learnt_rate_with_a_set_a_student_trains_on(data, run, t
     assert d["syn_lr"] != pytest.approx(MTT["syn_lr_init"], abs=1e-7)  # the rate was learnt
     assert len(d["experts"]) == 2 and d["expert_arch"]["class_path"] == "tsgf_lightning.models.ConvNet3D"
     assert_a_student_trains_on(run.root / "export" / "distilled.pt", data, tmp_path)
+
+
+def test_a_student_with_lr_from_set_trains_at_the_learnt_rate_and_one_without_at_its_own(data, run, tmp_path):
+    from tsgf_lightning.modules.student import StudentModule
+
+    path = str(run.root / "export" / "distilled.pt")
+    learnt = torch.load(path, weights_only=True)["syn_lr"]
+    rates = {}
+    for from_set in (True, False):
+        student = StudentModule(TINY, CLASSES, labels="hard", mix="none", lr_from_set=from_set, schedule="step",
+                                optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
+        t = trainer(tmp_path / f"student_{from_set}", max_steps=4)
+        seen = []
+        student.on_train_batch_start = lambda *a, s=seen, t=t: s.append(t.optimizers[0].param_groups[0]["lr"])
+        t.fit(student, datamodule=datamodule(data, train_set="distilled", distilled_path=path))
+        rates[from_set] = seen
+    # Step schedule: the base rate for the first half of the 4 steps, a tenth of it after.
+    assert rates[True] == pytest.approx([learnt, learnt, learnt / 10, learnt / 10])
+    assert rates[False] == pytest.approx([0.01, 0.01, 0.001, 0.001])
 
 
 def test_the_embedded_expert_and_mtt_configs_run_through_the_cli(data, tmp_path) -> None:

@@ -24,8 +24,10 @@ from .baseline_utils import (
     assert_a_student_trains_on,
     assert_resumes_exactly,
     datamodule,
+    embedded_data,
     exported,
     fit,
+    reference_run,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,14 +42,12 @@ def make_vdsd(export_dir: str) -> VDSDModule:
 
 @pytest.fixture(scope="module")
 def data(tiny_embedded, shared_cache_dir) -> SimpleNamespace:
-    return SimpleNamespace(embedded=tiny_embedded, cache=shared_cache_dir)
+    return embedded_data(tiny_embedded, shared_cache_dir)
 
 
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory) -> SimpleNamespace:
-    root = tmp_path_factory.mktemp("vdsd_run")
-    _, module = fit(make_vdsd, data, root, STEPS, ckpt_every=1)
-    return SimpleNamespace(root=root, module=module)
+    return reference_run(make_vdsd, data, tmp_path_factory, "vdsd_run", STEPS)
 
 
 def memories(run, step: int) -> dict[str, torch.Tensor]:

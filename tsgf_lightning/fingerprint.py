@@ -5,7 +5,8 @@ A stage's fingerprint is
 - ``config``: its resolved LightningCLI config (the YAML files, the pipeline's overrides and every
   default, as ``--print_config`` resolves them), flattened to dotted keys, less :data:`IGNORED_KEYS`;
 - ``inputs``: content hashes of what it reads: the teacher checkpoint (``teacher``), the distilled
-  set (``distilled``) and the decoded data (``data``: the decode-cache key of each split, which hashes
+  set (``distilled``), MTT's expert trajectories (``experts``: every file of every folder, in order)
+  and the decoded data (``data``: the decode-cache key of each split, which hashes
   the source, the file list with each file's content digest, and the clip geometry);
 - ``digest``: a SHA-256 of both, of which results show the first 12 hex digits.
 
@@ -29,7 +30,7 @@ from typing import Any
 #: Keys of the resolved config that do not determine a stage's result. The input paths are
 #: replaced by their contents' hashes; the rest are output locations, logging and speed knobs.
 IGNORED_KEYS = (
-    "model.init_args.teacher_ckpt", "data.distilled_path",
+    "model.init_args.teacher_ckpt", "data.distilled_path", "model.init_args.experts",
     "trainer.logger", "trainer.default_root_dir", "model.init_args.export_dir",
     "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "model.init_args.image_every_n_steps", "data.num_workers", "data.decode_workers", "data.cache_dir",
@@ -105,6 +106,21 @@ def file_digest(path: str | Path) -> str:
     return _FILE_HASHES[key]
 
 
+def experts_digest(experts: str | list[str]) -> str:
+    """SHA-256 over the expert trajectories' files (folder order, then file name, then contents).
+
+    Raises:
+        FileNotFoundError: a named folder is missing, or nothing matches (:func:`expand_experts`).
+    """
+    from .modules.experts import expand_experts
+
+    h = hashlib.sha256()
+    for i, folder in enumerate(expand_experts(experts)):
+        for f in sorted(p for p in folder.iterdir() if p.is_file()):
+            h.update(f"{i}|{f.name}|{file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
 _DATA_KEYS: dict[str, dict] = {}
 #: The DataModule arguments that decide which videos are decoded and how (the rest choose what is served).
 _DATA_IDENTITY = ("source", "frames", "size", "resize", "sampling", "gap", "train_clips_per_video", "val_fraction",
@@ -150,6 +166,8 @@ def fingerprint(resolved: dict) -> dict:
         inputs["teacher"] = file_digest(model["teacher_ckpt"])
     if data.get("train_set") == "distilled" and data.get("distilled_path"):
         inputs["distilled"] = file_digest(data["distilled_path"])
+    if model.get("experts"):
+        inputs["experts"] = experts_digest(model["experts"])
     if data.get("source"):
         inputs["data"] = data_key(data)
     config = {k: v for k, v in flatten({k: v for k, v in resolved.items() if k != "config"}).items()
@@ -159,7 +177,8 @@ def fingerprint(resolved: dict) -> dict:
     return {**body, "digest": digest}
 
 
-INPUT_WORDS = {"teacher": "teacher checkpoint", "distilled": "distilled set", "data": "decoded data"}
+INPUT_WORDS = {"teacher": "teacher checkpoint", "distilled": "distilled set", "experts": "expert trajectories",
+               "data": "decoded data"}
 
 
 def changes(old: dict | None, new: dict, limit: int = 6) -> list[str]:

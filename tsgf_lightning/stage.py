@@ -87,7 +87,7 @@ def run(argv: list[str]) -> dict:
     result["skipped_videos"] = {part: paths for part, paths in dm.skipped_videos().items() if paths}
     if getattr(model, "distilled_teacher_match", None) is not None:
         result["distilled_teacher_match"] = bool(model.distilled_teacher_match)
-    result["stage"] = describe(model, dm, cli.config.get("seed_everything"), method)
+    result["stage"] = describe(model, dm, cli.config.get("seed_everything"), method, trainer.callbacks)
     if fingerprint_path and Path(fingerprint_path).is_file():  # absent when a person runs the command by hand
         result["fingerprint"] = json.loads(Path(fingerprint_path).read_text())
     if result_path and trainer.global_rank == 0:
@@ -95,21 +95,28 @@ def run(argv: list[str]) -> dict:
     return result
 
 
-def describe(model, dm, seed, method: str | None) -> dict:
+def describe(model, dm, seed, method: str | None, callbacks=()) -> dict:
     """``{"kind", "method", "ipc", "seed", "arch"}`` of a finished run, from its module, DataModule and seed.
 
-    ``kind`` is the module's (teacher, synthesis, student; None for another LightningModule);
-    ``arch`` the trained backbone's class name (None for synthesis, which trains no network);
-    ``ipc`` the synthesis run's, the ``random`` subset's, or the distilled set's (None for a run on
-    all real data); ``seed`` the resolved ``seed_everything`` (None when seeding is off).
+    ``kind`` is the module's (teacher; experts: a teacher fit that records its trajectory; synthesis:
+    any module whose parameters are the distilled set, TSGF's, DM's, MTT's or VDSD's; student; None
+    for another LightningModule); ``arch`` the trained backbone's class name (None for synthesis,
+    which trains no network); ``ipc`` the synthesis run's, the ``random`` subset's, or the distilled
+    set's (None for a run on all real data); ``seed`` the resolved ``seed_everything`` (None when
+    seeding is off).
     """
+    from .modules.experts import ExpertTrajectory
+    from .modules.pixel_set import DistilledSetModule
     from .modules.student import StudentModule
     from .modules.synthesis import SynthesisModule
     from .modules.teacher import TeacherModule
 
-    kind = next((k for k, cls in (("teacher", TeacherModule), ("synthesis", SynthesisModule),
+    kind = next((k for k, cls in (("teacher", TeacherModule), ("synthesis", (SynthesisModule, DistilledSetModule)),
                                   ("student", StudentModule)) if isinstance(model, cls)), None)
-    arch = model.architecture()["class_path"].rsplit(".", 1)[-1] if kind in ("teacher", "student") else None
+    if kind == "teacher" and any(isinstance(c, ExpertTrajectory) for c in callbacks):
+        kind = "experts"
+    arch = (model.architecture()["class_path"].rsplit(".", 1)[-1] if kind in ("teacher", "experts", "student")
+            else None)
     ipc = None
     if kind == "synthesis":
         ipc = model.hparams.ipc

@@ -27,13 +27,20 @@ from torch import Tensor, nn
 
 from .. import strategy as sharding
 from ..baselines import dm_loss
-from ..data.selection import real_initialisation
 from ..data.spec import DataSpec
-from ..models import ConvNet3D, describe
+from ..models import ConvNet3D
 from ..tsgf import step_seed
-from ..video import denormalize, normalize
+from ..video import denormalize
 from .classifier import Backbone
-from .pixel_set import DistilledSetModule, RealClipBank, clamp_pixels_, fresh_network, network_seed, refuse_processes
+from .pixel_set import (
+    DistilledSetModule,
+    RealClipBank,
+    check_at_least,
+    clamp_pixels_,
+    fresh_network,
+    initial_videos,
+    network_seed,
+)
 
 #: What a checkpoint holds per video (gathered into the whole set on saving, re-sliced on loading).
 _PER_VIDEO = ("videos", "labels", "global_index")
@@ -102,9 +109,7 @@ class DMModule(DistilledSetModule):
         data_spec: DataSpec | None = None,
     ):
         super().__init__(num_classes, ipc, export_dir, export_media, image_every_n_steps, data_spec)
-        for name, value in (("batch_real", batch_real), ("embed_batch", embed_batch)):
-            if value < 1:
-                raise ValueError(f"Expected argument `{name}` to be >= 1 but got {value}")
+        check_at_least(1, batch_real=batch_real, embed_batch=embed_batch)
         if lr_img <= 0:
             raise ValueError(f"Expected argument `lr_img` to be > 0 but got {lr_img}")
         self.save_hyperparameters(ignore=["embed_backbone", "data_spec"])
@@ -116,20 +121,13 @@ class DMModule(DistilledSetModule):
     def setup(self, stage: str) -> None:
         if self.videos is not None:
             return
-        refuse_processes(self.trainer.strategy, self._world, "DMModule", shards=True)
-        h, spec, dm = self.hparams, self._resolve_spec(), self._datamodule()
-        self.bank = RealClipBank(*dm.real_clips("fit"), self.num_classes, spec.mean, spec.std)
-        self.embed_arch = describe(fresh_network(self.embed_backbone, self.num_classes, 0))
+        h = self.hparams
+        spec, dm = self._embedding_setup(shards=True)
         self.classes = sharding.shard_classes(self.num_classes, self._world, self.global_rank)
         index = torch.arange(self.classes.start * self.ipc, self.classes.stop * self.ipc)
         labels = torch.arange(self.num_classes).repeat_interleave(self.ipc)
-        if h.init == "real":
-            pixels, self.init_paths = real_initialisation(dm, "random", self.ipc, h.init_seed)
-            init = normalize(pixels[index], spec.mean, spec.std)
-        else:
-            gen = torch.Generator().manual_seed(h.init_seed)
-            init = torch.randn(len(labels), 3, spec.frames, spec.size, spec.size, generator=gen)[index]
-        self.videos = nn.Parameter(clamp_pixels_(init, spec.mean, spec.std).to(self.device))
+        init, self.init_paths = initial_videos(dm, h.init, self.ipc, h.init_seed, spec)
+        self.videos = nn.Parameter(init[index].to(self.device))
         self.register_buffer("labels", labels[index].to(self.device))
         self.register_buffer("global_index", index.to(self.device))
 

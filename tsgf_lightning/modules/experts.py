@@ -92,6 +92,8 @@ def expand_experts(experts: str | list[str]) -> list[Path]:
     patterns = [experts] if isinstance(experts, str) else list(experts)
     folders: list[Path] = []
     for pattern in patterns:
+        if not glob.has_magic(pattern) and not Path(pattern).is_dir():  # a named folder is never skipped quietly
+            raise FileNotFoundError(f"expert trajectory folder {pattern} does not exist (run the expert stage first?)")
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         folders += [Path(m) for m in matches if Path(m).is_dir()]
     if not folders:

@@ -23,14 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from ..baselines import trajectory_loss, unroll_sgd
-from ..data.selection import real_initialisation
 from ..data.spec import DataSpec
 from ..models import build
 from ..tsgf import step_seed
-from ..video import denormalize, normalize
+from ..video import denormalize
 from .experts import ExpertBank
 from .frozen import FrozenTeacher
-from .pixel_set import DistilledSetModule, clamp_pixels_, refuse_processes
+from .pixel_set import DistilledSetModule, check_at_least, clamp_pixels_, initial_videos, refuse_processes
 
 
 class MTTModule(DistilledSetModule):
@@ -99,10 +98,8 @@ class MTTModule(DistilledSetModule):
         data_spec: DataSpec | None = None,
     ):
         super().__init__(num_classes, ipc, export_dir, export_media, image_every_n_steps, data_spec)
-        for name, value in (("syn_steps", syn_steps), ("expert_epochs", expert_epochs),
-                            ("max_start_epoch", max_start_epoch), ("batch_syn", batch_syn or 1)):
-            if value < 1:
-                raise ValueError(f"Expected argument `{name}` to be >= 1 but got {value}")
+        check_at_least(1, syn_steps=syn_steps, expert_epochs=expert_epochs, max_start_epoch=max_start_epoch,
+                       batch_syn=batch_syn or 1)
         if syn_lr_init < syn_lr_min or syn_lr_min < 0:
             raise ValueError(f"Expected `syn_lr_init` >= `syn_lr_min` >= 0 but got {syn_lr_init} and {syn_lr_min}")
         self.save_hyperparameters(ignore=["data_spec"])
@@ -121,13 +118,8 @@ class MTTModule(DistilledSetModule):
         self.student = FrozenTeacher(build(self.bank.arch))
         self.param_names = [n for n, _ in self.student.net.named_parameters()]
         labels = torch.arange(self.num_classes).repeat_interleave(self.ipc)
-        if h.init == "real":
-            pixels, self.init_paths = real_initialisation(self._datamodule(), "random", self.ipc, h.init_seed)
-            init = normalize(pixels, spec.mean, spec.std)
-        else:
-            gen = torch.Generator().manual_seed(h.init_seed)
-            init = torch.randn(len(labels), 3, spec.frames, spec.size, spec.size, generator=gen)
-        self.videos = nn.Parameter(clamp_pixels_(init, spec.mean, spec.std).to(self.device))
+        init, self.init_paths = initial_videos(self._datamodule(), h.init, self.ipc, h.init_seed, spec)
+        self.videos = nn.Parameter(init.to(self.device))
         self.register_buffer("labels", labels.to(self.device))
 
     def on_fit_start(self) -> None:

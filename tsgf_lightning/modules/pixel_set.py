@@ -26,8 +26,10 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
+from ..data.selection import real_initialisation
 from ..data.spec import DataSpec, resolve_spec
 from ..export import export_distilled, plain_types
+from ..models import describe
 from ..strategy import ShardedSynthesisStrategy
 from ..video import normalize, pixel_bounds
 from ..visualize import frame_grid
@@ -61,6 +63,27 @@ class RealClipBank:
         """The clips at ``index`` as normalised float ``(n, C, T, S, S)`` on ``device``."""
         pixels = self.clips[index].to(device=device, dtype=dtype) / 255.0
         return normalize(pixels, self.mean, self.std)
+
+
+def check_at_least(low: int, **values: int) -> None:
+    """Refuse any argument below ``low``, naming it (``check_at_least(1, batch_real=0)``)."""
+    for name, value in values.items():
+        if value < low:
+            raise ValueError(f"Expected argument `{name}` to be >= {low} but got {value}")
+
+
+def initial_videos(dm, init: str, ipc: int, seed: int, spec: DataSpec) -> tuple[Tensor, list[str]]:
+    """The starting set, normalised and clamped ``(classes * ipc, C, T, S, S)``, and the real clips' paths.
+
+    ``init: real`` takes ``ipc`` random real training clips per class (the published initialisation);
+    ``noise`` draws a standard normal from ``seed``.
+    """
+    if init == "real":
+        pixels, paths = real_initialisation(dm, "random", ipc, seed)
+        return clamp_pixels_(normalize(pixels, spec.mean, spec.std), spec.mean, spec.std), paths
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(spec.class_names) * ipc, 3, spec.frames, spec.size, spec.size, generator=gen)
+    return clamp_pixels_(noise, spec.mean, spec.std), []
 
 
 def fresh_network(backbone: Callable[[int], nn.Module], num_classes: int, seed: int) -> nn.Module:
@@ -140,6 +163,17 @@ class DistilledSetModule(L.LightningModule):
             raise ValueError(f"{type(self).__name__} needs its data's class names, geometry and normalisation: fit "
                              "it with a VideoDataModule, or pass `data_spec` (the DataModule's `spec`)")
         return spec
+
+    def _embedding_setup(self, shards: bool) -> tuple[DataSpec, object]:
+        """What DM and VDSD set up alike: the world check, the spec, the real-clip bank and the embedder's record.
+
+        Returns the data spec and the DataModule.
+        """
+        refuse_processes(self.trainer.strategy, self._world, type(self).__name__, shards=shards)
+        spec, dm = self._resolve_spec(), self._datamodule()
+        self.bank = RealClipBank(*dm.real_clips("fit"), self.num_classes, spec.mean, spec.std)
+        self.embed_arch = describe(fresh_network(self.embed_backbone, self.num_classes, 0))
+        return spec, dm
 
     def _datamodule(self):
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None

@@ -71,6 +71,9 @@ class StudentModule(VideoClassifierModule):
         mix_alpha: Beta parameter of the CutMix box area.
         window_length, window, eps, eps_mode: saliency for the gate (as in synthesis).
         seed: seed of the mixing draws (per step and rank).
+        lr_from_set: train at the learning rate the distilled set carries (MTT's learnt ``syn_lr``,
+            as the published MTT evaluation does) instead of the optimiser's; a set without one
+            keeps the optimiser's.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class StudentModule(VideoClassifierModule):
         schedule: Schedule = "cosine",
         warmup_steps: int = 0,
         seed: int = 0,
+        lr_from_set: bool = False,
         data_spec: DataSpec | None = None,
     ):
         super().__init__(backbone, num_classes, optimizer, schedule, warmup_steps, data_spec)
@@ -105,19 +109,26 @@ class StudentModule(VideoClassifierModule):
         self.teacher: FrozenTeacher | None = None
         #: Whether the distilled set was made through this student's teacher (:func:`compare_teachers`).
         self.distilled_teacher_match: bool | None = None
+        #: The distilled set's learnt learning rate, used instead of the optimiser's (``lr_from_set``).
+        self.set_lr: float | None = None
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit" and self.data_spec is None:
             raise ValueError("StudentModule mixes in pixel space and needs its data's normalisation: fit it with a "
                              "VideoDataModule, or pass `data_spec` (the DataModule's `spec`)")
+        # The DataModule's setup (which loads the set) has run: Lightning calls it before the module's.
+        distilled_meta = getattr(getattr(self._trainer, "datamodule", None), "distilled_meta", None) or {}
+        if self.hparams.lr_from_set and distilled_meta.get("syn_lr") is not None:
+            self.set_lr = float(distilled_meta["syn_lr"])
         if self.teacher is not None or not self.hparams.teacher_ckpt:
             return
         self.teacher, self.teacher_record = load_teacher(self.hparams.teacher_ckpt, self.num_classes,
                                                          spec=self.data_spec)
-        # The DataModule's setup (which loads the set) has run: Lightning calls it before the module's.
-        distilled_meta = getattr(getattr(self._trainer, "datamodule", None), "distilled_meta", None)
-        self.distilled_teacher_match = compare_teachers(distilled_meta, self.teacher_record)
+        self.distilled_teacher_match = compare_teachers(distilled_meta or None, self.teacher_record)
+
+    def base_lr(self) -> float | None:
+        return self.set_lr
 
     def on_fit_start(self) -> None:
         if self.teacher is not None:

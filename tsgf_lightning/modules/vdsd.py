@@ -29,12 +29,12 @@ from torch import Tensor, nn
 
 from ..baselines import Hallucinator, assemble_videos, dm_loss, pair_memories
 from ..data.spec import DataSpec
-from ..models import ConvNet3D, describe
+from ..models import ConvNet3D
 from ..tsgf import step_seed
 from ..video import denormalize, normalize
 from .classifier import Backbone
 from .dm import embed_in_chunks
-from .pixel_set import DistilledSetModule, RealClipBank, clamp_pixels_, fresh_network, network_seed, refuse_processes
+from .pixel_set import DistilledSetModule, check_at_least, clamp_pixels_, fresh_network, network_seed
 
 
 def still_clips(frames: Tensor, length: int) -> Tensor:
@@ -108,13 +108,12 @@ class VDSDModule(DistilledSetModule):
         data_spec: DataSpec | None = None,
     ):
         super().__init__(num_classes, ipc, export_dir, export_media, image_every_n_steps, data_spec)
+        check_at_least(1, static_per_class=static_per_class)
         dynamic_per_class = dynamic_per_class or max(1, ipc // static_per_class)
-        if static_per_class < 1 or static_per_class * dynamic_per_class != ipc:
+        if static_per_class * dynamic_per_class != ipc:
             raise ValueError(f"Expected `static_per_class * dynamic_per_class` to equal `ipc` = {ipc} (each class "
                              f"exports every pairing) but got {static_per_class} x {dynamic_per_class}")
-        for name, value in (("static_steps", static_steps), ("dynamic_steps", dynamic_steps)):
-            if value < 0:
-                raise ValueError(f"Expected argument `{name}` to be >= 0 but got {value}")
+        check_at_least(0, static_steps=static_steps, dynamic_steps=dynamic_steps)
         self.save_hyperparameters(ignore=["embed_backbone", "data_spec"])
         self.hparams.dynamic_per_class = dynamic_per_class
         self.spc, self.dpc = static_per_class, dynamic_per_class
@@ -128,10 +127,8 @@ class VDSDModule(DistilledSetModule):
     def setup(self, stage: str) -> None:
         if self.static is not None:
             return
-        refuse_processes(self.trainer.strategy, self._world, "VDSDModule", shards=False)
-        h, spec, dm = self.hparams, self._resolve_spec(), self._datamodule()
-        self.bank = RealClipBank(*dm.real_clips("fit"), self.num_classes, spec.mean, spec.std)
-        self.embed_arch = describe(fresh_network(self.embed_backbone, self.num_classes, 0))
+        h = self.hparams
+        spec, dm = self._embedding_setup(shards=False)
         clips, _, idx = dm.random_subset(self.spc, h.init_seed)  # (classes * spc, C, T, S, S), class-major
         paths = dm.part("fit").paths
         self.init_paths = [paths[i] for i in idx.tolist()]

@@ -8,10 +8,13 @@ its IPC file, in that order (repeated ``--config``; later files win). ``pipeline
     ipc: [1]              # IPCs to distil
     seeds: 3              # student seeds per (method, ipc): 0, 1, ..., seeds - 1
     jobs: 1               # stages run at once (independent ones only), each on cores / jobs threads
-    methods: [full, random, random+student, tsgf]
-    extra_methods: {}     # name -> {select: synthesis|random, synthesis: {key: value}, student: {key: value}}
+    methods: [full, random, random+student, tsgf]   # also built in: dm, mtt, vdsd
+    extra_methods: {}     # name -> {select: synthesis|random, distiller: synthesis|dm|mtt|vdsd,
+                          #          synthesis: {key: value}, student: {key: value}}
     evaluate_on: test     # what students are scored on: `test` (the table) or `val` (the carve-out)
     teacher: null         # an existing teacher checkpoint to use instead of training one
+    experts: 2            # MTT's expert trajectories
+    protocols: [tsgf]     # student protocols; each after the first adds rows <method>@<protocol>
 
 ``evaluate_on: val`` is how settings are chosen without touching the test split: the same methods,
 each student scored on the validation carve-out (``data.val_fraction`` > 0) and the table headed so.
@@ -19,9 +22,10 @@ each student scored on the validation carve-out (``data.val_fraction`` > 0) and 
 Stages (each ``python -m tsgf_lightning.stage`` in its own process, with ``--resume`` and ``--result``):
 
 - ``teacher`` -> ``OUT/teacher`` (``checkpoints/last.ckpt`` is every later stage's ``teacher_ckpt``);
+- ``experts_i`` (only for ``mtt``) -> ``OUT/experts/expert_i/trajectory``, MTT's experts;
 - ``synthesis_ipcK`` -> ``OUT/synthesis_ipcK/distilled.pt`` for methods without synthesis
-  overrides; a method with its own (``sre2l: {synthesis: {model.init_args.mask: none}}``) gets
-  ``OUT/synthesis/<method>_ipcK``;
+  overrides (``dm_ipcK``, ``mtt_ipcK``, ``vdsd_ipcK`` for the other distillers); a method with its
+  own (``sre2l: {synthesis: {model.init_args.mask: none}}``) gets ``OUT/synthesis/<method>_ipcK``;
 - students -> ``OUT/students/<method>/ipcK/seedS`` with ``--seed_everything=S --model.init_args.seed=S``.
 
 Each stage's ``result.json`` records what it was (kind, method, IPC, seed, architecture), and the
@@ -31,7 +35,7 @@ wants every GPU runs alone (:mod:`~.devices`).
 
 A stage is skipped only if it is done *and the same stage*: its ``result.json`` records the
 fingerprint of its resolved config and of the content of its inputs (teacher checkpoint, distilled
-set, decoded data; :mod:`~tsgf_lightning.fingerprint`), and that fingerprint is still what the
+set, expert trajectories, decoded data; :mod:`~tsgf_lightning.fingerprint`), and that fingerprint is still what the
 configs and inputs give. Running the same command again redoes no finished stage and resumes an
 interrupted one from its ``last.ckpt``; after a config change the changed stages and everything
 downstream of them run again (the pipeline lists them with the keys that changed), and their old

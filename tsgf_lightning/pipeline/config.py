@@ -12,16 +12,30 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 CONFIG_FILES = ("teacher.yaml", "synthesis.yaml", "student.yaml", "pipeline.yaml")
 DATA_FILE = "data.yaml"
 PIPELINE_KEYS = ("ipc", "seeds", "methods", "extra_methods", "jobs", "evaluate_on", "teacher", "synthesis_per_seed",
-                 "pairs")
+                 "pairs", "experts", "protocols")
 EVALUATE_ON = ("test", "val")
-METHOD_KEYS = ("select", "synthesis", "student", "ipc", "seeds")
+METHOD_KEYS = ("select", "synthesis", "student", "ipc", "seeds", "distiller")
+#: Distillation methods, each the stem of its stage config in the config dir (``dm.yaml``, ...).
+DISTILLERS = ("synthesis", "dm", "mtt", "vdsd")
+#: Student protocols, as overrides of student.yaml. ``tsgf``: student.yaml itself (soft labels by the
+#: teacher, saliency-gated VideoMix). ``vdsd``: the published VDSD/DM/MTT evaluation (method.md): hard
+#: labels, SGD lr 0.01 momentum 0.9 weight decay 5e-4, lr x0.1 at half, no augmentation, and MTT's
+#: learnt learning rate where the set carries one; the step budget stays student.yaml's.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "tsgf": {},
+    "vdsd": {"model.init_args.labels": "hard", "model.init_args.mix": "none",
+             "model.init_args.optimizer": {"class_path": "torch.optim.SGD",
+                                           "init_args": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005}},
+             "model.init_args.schedule": "step", "model.init_args.lr_from_set": True,
+             "data.flip": False, "data.crop_scale": [1.0, 1.0], "data.crop_ratio": [1.0, 1.0]},
+}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -38,11 +52,12 @@ def contract() -> str:
 def stage_files(config_dir: Path, kind: str, ipc: int | None = None) -> tuple[Path, ...]:
     """The files a ``kind`` stage composes, in order: ``data.yaml`` (if there), ``<kind>.yaml``, ``<kind>_ipcK.yaml``.
 
-    The IPC file is added only for a synthesis or student stage at IPC ``ipc`` and only if it exists.
+    The IPC file is added only for a distillation (``synthesis``, ``dm``, ...) or student stage at IPC
+    ``ipc`` and only if it exists.
     """
     files = [config_dir / DATA_FILE] if (config_dir / DATA_FILE).is_file() else []
     files.append(config_dir / f"{kind}.yaml")
-    if ipc is not None and kind in ("synthesis", "student") and (config_dir / f"{kind}_ipc{ipc}.yaml").is_file():
+    if ipc is not None and kind in (*DISTILLERS, "student") and (config_dir / f"{kind}_ipc{ipc}.yaml").is_file():
         files.append(config_dir / f"{kind}_ipc{ipc}.yaml")
     return tuple(files)
 
@@ -58,8 +73,11 @@ class Method:
             (students on a distilled set), or a DataModule ``train_set`` that picks real clips
             (``random``; any such mode added to the DataModule later works too), run with
             ``--data.ipc=K --data.subset_seed=SEED``.
-        synthesis: overrides of synthesis.yaml (dotted keys); non-empty gets its own synthesis run
-            ``OUT/synthesis/<name>_ipcK``, empty shares ``OUT/synthesis_ipcK``.
+        distiller: with ``select: synthesis``, the method that distils the set, by the stem of its
+            config (:data:`DISTILLERS`): ``synthesis`` (TSGF / SRe2L, synthesis.yaml), ``dm``,
+            ``mtt`` (after the expert stages, experts.yaml) or ``vdsd``.
+        synthesis: overrides of the distiller's config (dotted keys); non-empty gets its own run
+            ``OUT/synthesis/<name>_ipcK``, empty shares ``OUT/<distiller>_ipcK``.
         student: overrides of student.yaml, applied after the pipeline's own.
         ipc: the IPCs this method runs at (None: ``pipeline.yaml``'s ``ipc``); may name IPCs the
             others skip (an ablation row at IPC 10 only).
@@ -73,6 +91,7 @@ class Method:
     student: Mapping[str, Any] = field(default_factory=dict)
     ipc: tuple[int, ...] | None = None
     seeds: int | None = None
+    distiller: str = "synthesis"
 
 
 BUILTIN_METHODS: dict[str, Method] = {m.name: m for m in (
@@ -83,7 +102,13 @@ BUILTIN_METHODS: dict[str, Method] = {m.name: m for m in (
     # the strongest cheap baseline, which synthesis has to beat to be worth its cost
     Method("random+student", select="random"),
     Method("tsgf", select="synthesis"),
+    # the methods the paper compares with, as their published video code runs them (method.md)
+    Method("dm", distiller="dm"),
+    Method("mtt", distiller="mtt"),
+    Method("vdsd", distiller="vdsd"),
 )}
+#: What ``methods`` is when pipeline.yaml does not say.
+DEFAULT_METHODS = ("full", "random", "random+student", "tsgf")
 
 
 @dataclass(frozen=True)
@@ -100,6 +125,9 @@ class PipelineConfig:
             seed ``s`` of two variants shares its initial clips (paired comparisons).
         pairs: ``(variant, baseline)`` method names whose per-seed differences are reported
             (:mod:`~tsgf_lightning.paired`).
+        experts: how many expert trajectories MTT matches (expert stages, seeds 0 .. experts - 1).
+        protocols: the student protocols every method is evaluated under (:data:`PROTOCOLS`); the
+            first is the methods' own rows, each other one adds rows ``<method>@<protocol>``.
     """
 
     ipc: tuple[int, ...]
@@ -110,6 +138,8 @@ class PipelineConfig:
     teacher: Path | None = None
     synthesis_per_seed: bool = False
     pairs: tuple[tuple[str, str], ...] = ()
+    experts: int = 2
+    protocols: tuple[str, ...] = ("tsgf",)
 
 
 def _real_selections() -> tuple[str, ...]:
@@ -152,6 +182,10 @@ def _extra_method(path: Path, name, spec, selections: tuple[str, ...]) -> Method
                             f"{select!r}")
     if spec.get("synthesis") and select != "synthesis":
         raise PipelineError(f"{where} gives `synthesis` overrides but selects {select!r} (no synthesis stage)")
+    distiller = spec.get("distiller", "synthesis")
+    if distiller not in DISTILLERS or (distiller != "synthesis" and select != "synthesis"):
+        raise PipelineError(f"Expected `distiller` of {where} to be one of {list(DISTILLERS)} (with `select: "
+                            f"synthesis`) but got {distiller!r} with select {select!r}")
     ipc = spec.get("ipc")
     if ipc is not None:
         ipc = [ipc] if isinstance(ipc, int) and not isinstance(ipc, bool) else ipc
@@ -161,14 +195,15 @@ def _extra_method(path: Path, name, spec, selections: tuple[str, ...]) -> Method
         ipc = tuple(sorted(check_int(f"every `ipc` of {where}", k, 1) for k in ipc))
     seeds = None if spec.get("seeds") is None else check_int(f"`seeds` of {where}", spec["seeds"], 1)
     return Method(name, select, _overrides(f"`synthesis` of {where}", spec.get("synthesis") or {}),
-                  _overrides(f"`student` of {where}", spec.get("student") or {}), ipc, seeds)
+                  _overrides(f"`student` of {where}", spec.get("student") or {}), ipc, seeds, distiller)
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
     """Read and validate ``pipeline.yaml`` (every error names the key and the file).
 
-    ``methods`` defaults to the four built-ins; every method of ``extra_methods`` runs too, after
-    those listed in ``methods`` unless ``methods`` places it.
+    ``methods`` defaults to :data:`DEFAULT_METHODS`; every method of ``extra_methods`` runs too,
+    after those listed in ``methods`` unless ``methods`` places it. Each protocol after the first
+    adds a row ``<method>@<protocol>`` per method with students (:func:`_with_protocols`).
     """
     import yaml
 
@@ -196,7 +231,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     selections = _real_selections() if extra_raw else ()  # imports torch: only when there is something to check
     extra = {name: _extra_method(path, name, spec, selections) for name, spec in extra_raw.items()}
     known = {**BUILTIN_METHODS, **extra}
-    names = raw.get("methods", list(BUILTIN_METHODS))
+    names = raw.get("methods", list(DEFAULT_METHODS))
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise PipelineError(f"Expected `methods` in {path} to be a list of method names but got {names!r}")
     bad = [n for n in names if n not in known]
@@ -221,8 +256,29 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     per_seed = raw.get("synthesis_per_seed", False)
     if not isinstance(per_seed, bool):
         raise PipelineError(f"Expected `synthesis_per_seed` in {path} to be true or false but got {per_seed!r}")
-    return PipelineConfig(tuple(sorted(ipc)), seeds, tuple(known[n] for n in names), jobs, evaluate_on, teacher,
-                          per_seed, _pairs(path, raw.get("pairs") or [], names))
+    protocols = raw.get("protocols", ["tsgf"])
+    if (not isinstance(protocols, list) or not protocols or any(p not in PROTOCOLS for p in protocols)
+            or len(set(protocols)) != len(protocols)):
+        raise PipelineError(f"Expected `protocols` in {path} to be a non-empty list of distinct protocols from "
+                            f"{list(PROTOCOLS)} but got {protocols!r}")
+    methods = _with_protocols(tuple(known[n] for n in names), protocols)
+    experts = check_int(f"`experts` in {path}", raw.get("experts", 2), 1)
+    return PipelineConfig(tuple(sorted(ipc)), seeds, methods, jobs, evaluate_on, teacher, per_seed,
+                          _pairs(path, raw.get("pairs") or [], [m.name for m in methods]), experts, tuple(protocols))
+
+
+def _with_protocols(methods: tuple[Method, ...], protocols: list[str]) -> tuple[Method, ...]:
+    """The methods under ``protocols[0]``, then under each other protocol as ``<name>@<protocol>`` rows.
+
+    A protocol's overrides win over the method's own student overrides (a protocol without
+    augmentation has none, whatever the method mixes). A protocol row distils nothing of its own: its
+    overrides of the distiller are the method's, so it shares the method's run; only students differ.
+    """
+    rows = [replace(m, student={**m.student, **PROTOCOLS[protocols[0]]}) for m in methods]
+    for p in protocols[1:]:
+        rows += [replace(m, name=f"{m.name}@{p}", student={**m.student, **PROTOCOLS[p]})
+                 for m in methods if m.select != "teacher"]
+    return tuple(rows)
 
 
 def _pairs(path: Path, raw, names: list[str]) -> tuple[tuple[str, str], ...]:

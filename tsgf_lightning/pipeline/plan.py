@@ -11,7 +11,7 @@ from typing import Literal
 
 from ..fingerprint import ConfigResolveError, resolve_config
 from ..freshness import FINGERPRINT_FILE, incomplete
-from .config import CONFIG_FILES, Method, PipelineConfig, PipelineError, contract, stage_files
+from .config import Method, PipelineConfig, PipelineError, contract, stage_files
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Stage:
 
     name: str                  # file-safe id, also the log's name: "student_random+student_ipc1_seed0"
     title: str                 # for people: "student random+student ipc1 seed0"
-    kind: Literal["teacher", "synthesis", "student"]
+    kind: Literal["teacher", "experts", "synthesis", "student"]   # synthesis: any distiller (dm, mtt, ...)
     configs: tuple[Path, ...]
     overrides: tuple[str, ...]
     result: Path
@@ -82,7 +82,7 @@ def logger_dir(save_dir: Path, name: str) -> list[str]:
 
 
 def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
-    """The stages, in run order: teacher, then per IPC each method's synthesis (once) and students.
+    """The stages, in run order: teacher, MTT's experts, then per IPC each method's distillation (once) and students.
 
     With ``cfg.teacher`` there is no teacher stage: every stage reads that checkpoint.
     """
@@ -95,6 +95,9 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
         teacher_needs: tuple[str, ...] = ("teacher",)
     else:
         teacher_ckpt, stages, teacher_needs = cfg.teacher, [], ()
+    experts = _expert_stages(config_dir, out, cfg) if any(m.distiller == "mtt" for m in cfg.methods
+                                                         if m.select == "synthesis") else []
+    stages += experts
     synthesis: dict[tuple, Stage] = {}
     for k in sorted({*cfg.ipc, *(i for m in cfg.methods for i in (m.ipc or ()))}):
         for m in cfg.methods:
@@ -104,9 +107,10 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
                 distilled, seed = None, s if cfg.synthesis_per_seed else None
                 if m.select == "synthesis":
                     # Methods with equal synthesis overrides (none, most often) share one run, named after the first.
-                    key = (json.dumps(sorted(m.synthesis.items()), sort_keys=True, default=str), k, seed)
+                    key = (m.distiller, json.dumps(sorted(m.synthesis.items()), sort_keys=True, default=str), k, seed)
                     if key not in synthesis:
-                        synthesis[key] = _synthesis_stage(config_dir, out, m, k, teacher_ckpt, teacher_needs, seed)
+                        synthesis[key] = _synthesis_stage(config_dir, out, m, k, teacher_ckpt, teacher_needs, seed,
+                                                          experts)
                         stages.append(synthesis[key])
                     distilled = synthesis[key].outputs[0]
                 if distilled is not None:
@@ -128,29 +132,55 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
 
 
 def _synthesis_stage(config_dir: Path, out: Path, m: Method, k: int, teacher_ckpt: Path,
-                     needs: tuple[str, ...], seed: int | None = None) -> Stage:
-    """A synthesis run at IPC ``k``; with ``seed``, initialised and augmented from that seed (its own dir)."""
+                     teacher_needs: tuple[str, ...], seed: int | None = None, experts: list[Stage] = ()) -> Stage:
+    """A distillation run of ``m.distiller`` at IPC ``k``; with ``seed``, initialised and drawn from that seed.
+
+    TSGF / SRe2L synthesis reads the teacher; MTT reads the expert trajectories (and waits for them);
+    DM and VDSD read neither.
+    """
     tail = "" if seed is None else f"_seed{seed}"
-    save_dir, name = (out / "synthesis", f"{m.name}_ipc{k}{tail}") if m.synthesis else (out, f"synthesis_ipc{k}{tail}")
+    base = f"{m.distiller}_ipc{k}{tail}"
+    save_dir, name = (out / "synthesis", f"{m.name}_ipc{k}{tail}") if m.synthesis else (out, base)
     export = Path(m.synthesis.get("model.init_args.export_dir", save_dir / name))
     seeded = [] if seed is None else [override(key, seed) for key in ("seed_everything", "model.init_args.init_seed",
                                                                        "model.init_args.seed")]
-    overrides = [override("model.init_args.teacher_ckpt", teacher_ckpt), override("model.init_args.ipc", k), *seeded,
+    reads, needs = [], ()
+    if m.distiller == "synthesis":
+        reads, needs = [override("model.init_args.teacher_ckpt", teacher_ckpt)], teacher_needs
+    elif m.distiller == "mtt":
+        reads = [override("model.init_args.experts", [str(e.outputs[0]) for e in experts])]
+        needs = tuple(e.name for e in experts)
+    overrides = [*reads, override("model.init_args.ipc", k), *seeded,
                  *logger_dir(save_dir, name), override("model.init_args.export_dir", save_dir / name),
                  *(override(key, v) for key, v in m.synthesis.items())]
-    stage_name = f"synthesis_{m.name}_ipc{k}{tail}" if m.synthesis else f"synthesis_ipc{k}{tail}"
-    return Stage(stage_name, stage_name.replace("_", " "), "synthesis", stage_files(config_dir, "synthesis", k),
+    stage_name = f"synthesis_{m.name}_ipc{k}{tail}" if m.synthesis else base
+    return Stage(stage_name, stage_name.replace("_", " "), "synthesis", stage_files(config_dir, m.distiller, k),
                  tuple(overrides), save_dir / name / "result.json", outputs=(export / "distilled.pt",),
                  test=False, method=m.name if m.synthesis else None, ipc=k, seed=seed, needs=needs)
 
 
+def _expert_stages(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
+    """MTT's expert trajectories: experts.yaml fitted from seeds 0 .. ``cfg.experts`` - 1, IPC-free, run once.
+
+    Each writes ``OUT/experts/expert_<i>/trajectory/`` (:class:`~tsgf_lightning.modules.experts.ExpertTrajectory`).
+    """
+    stages = []
+    for i in range(cfg.experts):
+        run = out / "experts" / f"expert_{i}"
+        overrides = (override("seed_everything", i), *logger_dir(out / "experts", f"expert_{i}"))
+        stages.append(Stage(f"experts_{i}", f"expert {i}", "experts", stage_files(config_dir, "experts"), overrides,
+                            run / "result.json", outputs=(run / "trajectory",), test=False, seed=i))
+    return stages
+
+
 # ---------------------------------------------------------------------- checks before running
 def check_config_dir(config_dir: Path, methods: tuple[Method, ...]) -> None:
-    """Every config the methods need is in ``config_dir`` (synthesis.yaml only if a method distils)."""
+    """Every config the methods need is in ``config_dir`` (a distiller's only if a method uses it)."""
     needed = {"teacher.yaml", "pipeline.yaml"}
     needed |= {"student.yaml" for m in methods if m.select != "teacher"}
-    needed |= {"synthesis.yaml" for m in methods if m.select == "synthesis"}
-    missing = [f for f in CONFIG_FILES if f in needed and not (config_dir / f).is_file()]
+    needed |= {f"{m.distiller}.yaml" for m in methods if m.select == "synthesis"}
+    needed |= {"experts.yaml" for m in methods if m.select == "synthesis" and m.distiller == "mtt"}
+    missing = sorted(f for f in needed if not (config_dir / f).is_file())
     if missing:
         found = sorted(p.name for p in config_dir.glob("*.yaml")) if config_dir.is_dir() else []
         raise PipelineError(f"config dir {config_dir} lacks {', '.join(missing)} ({contract()}; found: "
