@@ -75,8 +75,9 @@ def naive_quantile(values: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
-def naive_mask(s: torch.Tensor, eps: float, eps_mode: str, shape: str, signed: bool) -> torch.Tensor:
-    """Eq. 8 per video and frame; flat videos (range <= 1e-12 + 1e-6 max|s|) get ones."""
+def naive_mask(s: torch.Tensor, eps: float, eps_mode: str, shape: str, signed: bool,
+               floor: float = 0.0) -> torch.Tensor:
+    """Eq. 8 per video and frame, at least ``floor``; flat videos (range <= 1e-12 + 1e-6 max|s|) get ones."""
     B, T = s.shape
     m = torch.zeros(B, T, dtype=torch.float64)
     for b in range(B):
@@ -93,6 +94,8 @@ def naive_mask(s: torch.Tensor, eps: float, eps_mode: str, shape: str, signed: b
                 m[b, i] = (thr - si) / span
             else:
                 m[b, i] = max(thr - si, 0.0) / span
+            if not flat and not signed:
+                m[b, i] = max(m[b, i], floor)
     return m
 
 
@@ -209,6 +212,22 @@ def test_tsgf_mask_matches_loop(T: int, eps: float, eps_mode: str, shape: str, s
         if eps_mode == "quantile":
             assert bool((m <= 1 + 1e-6).all())  # eps <= max(s) keeps Eq. 8 in [0, 1]
         assert torch.equal(m == 0, key_frames(s, eps, eps_mode) | (s == saliency_threshold(s, eps, eps_mode)))
+
+
+@pytest.mark.parametrize("shape", ["eq8", "binary"])
+@pytest.mark.parametrize("floor", [0.25, 0.5])
+def test_a_mask_floor_lifts_key_frames_to_it_and_leaves_the_rest(shape: str, floor: float) -> None:
+    video = torch.randn(3, 2, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    s = temporal_saliency(video, 3, "hann")
+    m = tsgf_mask(s, 0.5, "quantile", shape, floor=floor)
+    torch.testing.assert_close(m.double(), naive_mask(s, 0.5, "quantile", shape, False, floor), rtol=1e-5, atol=1e-6)
+    key = key_frames(s, 0.5, "quantile")
+    assert key.any() and torch.all(m[key] == floor)  # no frame stands still any more
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="`mask_floor`"):
+            tsgf_mask(s, 0.5, "quantile", shape, floor=bad)
+    with pytest.raises(ValueError, match="`mask_floor` 0 with a signed mask"):
+        tsgf_mask(s, 0.5, "quantile", "eq8", signed=True, floor=floor)
 
 
 def test_signed_mask_goes_negative_on_key_frames_only() -> None:

@@ -74,7 +74,7 @@ def test_check_saturation_names_step_fractions_limit_lr_and_the_fix() -> None:
 
 
 def test_max_saturated_fraction_is_validated() -> None:
-    with pytest.raises(ValueError, match="Expected argument `max_saturated_fraction` to be in \\(0, 1\\] but got 0"):
+    with pytest.raises(ValueError, match="Expected argument `max_saturated_fraction` in \\(0, 1\\] but got 0"):
         SynthesisModule(num_classes=8, teacher_ckpt="unused.ckpt", max_saturated_fraction=0)
 
 

@@ -100,6 +100,25 @@ def test_signed_mask_flips_the_gradient_of_key_frames(world, tmp_path) -> None:
     assert torch.all(torch.sign(rec["used"][calm]) == torch.sign(rec["raw"][calm]))
 
 
+def test_plain_sgd_is_algorithm_1s_step_on_the_masked_gradient_with_a_floor(world, tmp_path) -> None:
+    """``optimizer: sgd``: S <- clamp(S - lr * M * grad), M the current videos' graded mask, at least the floor."""
+    probe = StepProbe()
+    lr, floor = 5.0, 0.25
+    _, module = fit_synthesis(world, tmp_path, max_steps=2, callbacks=[probe], mask="eq8", mask_target="gradient",
+                              mask_source="current", optimizer="sgd", lr=lr, schedule="constant", mask_floor=floor)
+    for rec in probe.records:
+        h = module.hparams
+        s = temporal_saliency(denormalize(rec["before"], IMAGENET_MEAN, IMAGENET_STD), h.window_length, h.window)
+        m = torch.clamp(tsgf_mask(s, h.eps, h.eps_mode, "eq8"), min=floor)[:, None, :, None, None]
+        assert (m == floor).any() and (m > floor).any()
+        torch.testing.assert_close(rec["used"], rec["raw"] * m, rtol=1e-6, atol=0)
+        stepped = rec["before"] - lr * rec["raw"] * m
+        lo = torch.tensor([-mu / sd for mu, sd in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1, 1)
+        hi = torch.tensor([(1 - mu) / sd for mu, sd in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1, 1)
+        torch.testing.assert_close(rec["after"], torch.maximum(torch.minimum(stepped, hi), lo), rtol=1e-5, atol=1e-6)
+        assert (rec["after"] != rec["before"]).any()
+
+
 def test_gradient_mask_does_not_stop_adam_momentum(world, tmp_path) -> None:
     """Why ``mask_target: update`` exists: zero gradient, yet key frames move on Adam's first moment."""
     probe = StepProbe(momentum=True)

@@ -38,12 +38,13 @@ from ..export import export_synthesis, synthesis_record
 from ..tsgf import BNStatistics, step_seed, temporal_saliency, tsgf_mask
 from ..tsgf.augment import apply_crop_flip, crop_flip_thetas
 from ..tsgf.multiformation import tile_map, unpack_tiles
-from ..tsgf.saliency import MaskShape
+from ..tsgf.saliency import MaskShape, check_floor
 from ..tsgf.saturation import MAX_SATURATED_FRACTION, check_saturation
-from ..video import at_pixel_bounds, denormalize, normalize, pixel_bounds
+from ..video import at_pixel_bounds, denormalize, normalize
 from ..visualize import synthesis_pictures
 from .classifier import Backbone, Schedule, lr_lambda
 from .frozen import FrozenTeacher, load_teacher
+from .pixel_set import check_at_least, clamp_pixels_
 
 #: The ``mask`` setting: a TSGF_O mask shape, or ``none`` (SRe2L: no mask).
 TSGFMask = Literal["none", MaskShape]
@@ -70,7 +71,8 @@ class SynthesisModule(L.LightningModule):
         init_select: which real clips: ``random`` (seed ``init_seed``), or the teacher's choice
             (``confident``: highest probability of their class; ``herding``; ``kcenter``).
         init_seed: seed of the initialisation.
-        lr, betas, schedule: Adam on the videos (SRe2L: betas (0.5, 0.9), cosine).
+        optimizer, lr, betas, schedule: ``adam`` on the videos (SRe2L: betas (0.5, 0.9), cosine) or
+            ``sgd``, Algorithm 1's plain step ``S <- S - lr * M * grad`` (``betas`` unused).
         ce_weight, bn_weight: ``a_ce`` and ``a_reg`` of Eq. 4 (the paper's r_bn is ``bn_weight``).
         first_bn_multiplier: weight of the first BN layer in Eq. 5 (SRe2L uses 10).
         augment: random crop/flip of every video each step; augment_scale: the crop's area range;
@@ -82,6 +84,7 @@ class SynthesisModule(L.LightningModule):
         mask_source: ``current`` (the paper: saliency of the current videos, every step) or ``init``
             (saliency of the real initialisation, fixed: key frames then stay exactly real).
         signed_mask: the Appendix-E ablation: the mask may flip the gradient's sign.
+        mask_floor: every frame's factor is at least this (key frames move at this share of the step).
         window_length, window, eps, eps_mode: saliency smoothing (Eq. 7) and threshold (Eq. 8).
         seed: seed of the per-step augmentation.
         max_saturated_fraction: the share of the pixels a step can move that may sit at 0 or 1 beyond
@@ -102,6 +105,7 @@ class SynthesisModule(L.LightningModule):
         init: Literal["real", "noise"] = "real",
         init_select: Literal["random", "confident", "herding", "kcenter"] = "random",
         init_seed: int = 0,
+        optimizer: Literal["adam", "sgd"] = "adam",
         lr: float = 0.25,
         betas: tuple[float, float] = (0.5, 0.9),
         schedule: Schedule = "cosine",
@@ -115,6 +119,7 @@ class SynthesisModule(L.LightningModule):
         mask_target: Literal["gradient", "update"] = "gradient",
         mask_source: Literal["current", "init"] = "current",
         signed_mask: bool = False,
+        mask_floor: float = 0.0,
         window_length: int = 3,
         window: Literal["uniform", "hann", "exponential", "linear"] = "hann",
         eps: float = 0.5,
@@ -126,15 +131,12 @@ class SynthesisModule(L.LightningModule):
         data_spec: DataSpec | None = None,
     ):
         super().__init__()
-        if ipc < 1:
-            raise ValueError(f"Expected argument `ipc` to be >= 1 but got {ipc}")
-        if factor < 1:
-            raise ValueError(f"Expected argument `factor` to be >= 1 but got {factor}")
+        check_at_least(1, ipc=ipc, factor=factor)
+        check_floor(mask_floor, signed_mask)
         if lr <= 0:
             raise ValueError(f"Expected argument `lr` to be > 0 but got {lr}")
         if not 0.0 < max_saturated_fraction <= 1.0:
-            raise ValueError(f"Expected argument `max_saturated_fraction` to be in (0, 1] but got "
-                             f"{max_saturated_fraction}")
+            raise ValueError(f"Expected argument `max_saturated_fraction` in (0, 1] but got {max_saturated_fraction}")
         if signed_mask and mask != "eq8":
             raise ValueError(f"Expected `signed_mask` only with `mask: eq8` but got mask={mask!r}")
         self.save_hyperparameters(ignore=["teacher_backbone", "data_spec"])
@@ -177,8 +179,7 @@ class SynthesisModule(L.LightningModule):
             gen = torch.Generator().manual_seed(h.init_seed)
             init = torch.randn(self.n_global, 3, spec.frames, spec.size, spec.size, generator=gen)[index]
             self.init_paths = []
-        lo, hi = pixel_bounds(spec.mean, spec.std, init)
-        self.videos = nn.Parameter(torch.maximum(torch.minimum(init, hi), lo).to(self.device))
+        self.videos = nn.Parameter(clamp_pixels_(init, spec.mean, spec.std).to(self.device))
         self.register_buffer("labels", labels[index].to(self.device))
         self.register_buffer("global_index", index.to(self.device))
         # The saliency of the initialisation, for `mask_source: init`, and its saturation, the baseline of
@@ -196,7 +197,8 @@ class SynthesisModule(L.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        optimizer = torch.optim.Adam([self.videos], lr=h.lr, betas=tuple(h.betas))
+        optimizer = (torch.optim.SGD([self.videos], lr=h.lr) if h.optimizer == "sgd"
+                     else torch.optim.Adam([self.videos], lr=h.lr, betas=tuple(h.betas)))
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(h.schedule, total, 0))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -266,7 +268,7 @@ class SynthesisModule(L.LightningModule):
             return
         with torch.no_grad():
             saliency = self._init_saliency if h.mask_source == "init" else self._saliency()
-            mask = tsgf_mask(saliency, h.eps, h.eps_mode, h.mask, h.signed_mask)  # (n * factor^2, T)
+            mask = tsgf_mask(saliency, h.eps, h.eps_mode, h.mask, h.signed_mask, h.mask_floor)  # (n * factor^2, T)
             # Adam keeps moving a frame whose mask was once non-zero; tiles and frames are equal shares of a video.
             self._moved = (mask != 0) if self._moved is None else self._moved | (mask != 0)
             self._moving = float(self._sum_over_ranks(self._moved.sum().float())) / (self.n_clips * mask.shape[1])
@@ -289,8 +291,7 @@ class SynthesisModule(L.LightningModule):
                 # Keep only the masked share of the optimiser's step (Adam's momentum included).
                 self.videos.copy_(self._before_step + self._mask * (self.videos - self._before_step))
                 self._mask = self._before_step = None
-            lo, hi = pixel_bounds(*self._norm, self.videos)
-            self.videos.copy_(torch.maximum(torch.minimum(self.videos, hi), lo))
+            clamp_pixels_(self.videos, *self._norm)
         self.log("train/saturated_fraction", self._measure_saturation())
         check_saturation(self.global_step, self.saturated_fraction, self.init_saturated_fraction, self._moving,
                          self.hparams.max_saturated_fraction, self.hparams.lr)
@@ -343,8 +344,7 @@ class SynthesisModule(L.LightningModule):
         if self.global_rank != 0 or not hasattr(experiment, "add_image"):
             return
         with torch.no_grad():
-            pixels = denormalize(self.videos.detach(), *self._norm)
-            grid, heat = synthesis_pictures(pixels, self.labels, self._saliency(), self.hparams.eps,
-                                            self.hparams.eps_mode)
+            grid, heat = synthesis_pictures(denormalize(self.videos.detach(), *self._norm), self.labels,
+                                            self._saliency(), self.hparams.eps, self.hparams.eps_mode)
         experiment.add_image("synthesis/frames", grid, self.global_step)
         experiment.add_image("synthesis/saliency", heat, self.global_step)

@@ -193,6 +193,7 @@ def tsgf_mask(
     eps_mode: EpsMode = "quantile",
     shape: MaskShape = "eq8",
     signed: bool = False,
+    floor: float = 0.0,
 ) -> Tensor:
     """Per-frame gradient mask of TSGF_O (Eq. 8).
 
@@ -204,6 +205,8 @@ def tsgf_mask(
     - ``binary``: ``M = 1`` where ``s <= eps`` else 0: key frames frozen, calm frames at full step.
     - ``signed=True`` (``eq8`` only): ``M = (eps - s) / (max(s) - min(s))`` without the clamp, the
       paper's Appendix-E ablation where key frames' gradients flip sign (it hurts: 39.2 -> 19.0).
+    - ``floor``: ``max(M, floor)``: key frames move at ``floor`` of the step instead of not at all
+      (a choice the paper leaves open; 0 is the paper).
 
     Flat saliency: where ``max(s) - min(s) <= 1e-12 + 1e-6 * max|s|`` (an absolute floor plus a
     relative part that absorbs float32 rounding of a constant ``s``) the video has no key frames and
@@ -215,6 +218,7 @@ def tsgf_mask(
         eps_mode: ``absolute`` or ``quantile``.
         shape: ``eq8`` or ``binary``.
         signed: let the mask go negative (``eq8`` only).
+        floor: the least factor of any frame, in ``[0, 1)`` (not with ``signed``).
 
     Returns:
         ``(B, T)`` mask in the dtype of ``s``.
@@ -225,6 +229,7 @@ def tsgf_mask(
         raise ValueError(f"Expected argument `signed` to be a bool but got {signed!r}")
     if signed and shape != "eq8":
         raise ValueError(f"Expected argument `signed` to be False when `shape` is {shape!r} but got {signed}")
+    check_floor(floor, signed)
     threshold = saliency_threshold(s, eps, eps_mode)  # (B, 1); also validates s
     if shape == "binary":
         mask = (s <= threshold).to(s.dtype)
@@ -235,7 +240,17 @@ def tsgf_mask(
             margin = margin.clamp_min(0)
         # Flat videos are replaced below; keep the division finite for them meanwhile.
         mask = margin / torch.where(span > 0, span, torch.ones_like(span))
+    if floor:
+        mask = mask.clamp_min(floor)
     return torch.where(_flat(s), torch.ones_like(mask), mask)
+
+
+def check_floor(floor: float, signed: bool = False) -> None:
+    """Refuse a mask floor outside ``[0, 1)`` or one combined with a signed mask (which has no floor)."""
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"Expected argument `mask_floor` to be in [0, 1) but got {floor}")
+    if floor and signed:
+        raise ValueError("Expected `mask_floor` 0 with a signed mask (its key frames' factors are negative)")
 
 
 def key_frames(s: Tensor, eps: float, eps_mode: EpsMode = "quantile") -> Tensor:
