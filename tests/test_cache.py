@@ -17,6 +17,7 @@ import torch
 from tsgf_lightning.data.cache import ClipSpec, cache_file, cached_part_exists, decode_part, load_or_decode
 from tsgf_lightning.data.decode import decode_clips
 from tsgf_lightning.data.integrity import has_record
+from tsgf_lightning.data.partial import partial_files, rows_file
 from tsgf_lightning.data.sources import VideoItem
 
 SOURCE = {"kind": "folder", "root": "/data/videos", "classes": ["a", "b"]}
@@ -156,13 +157,16 @@ def test_a_failed_save_leaves_no_file(tmp_path, videos, monkeypatch):
     real_save = torch.save
 
     def interrupted_save(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"PK\x03\x04 half a zip")  # what a crash mid-write leaves
+        half = b"PK\x03\x04 half a zip"  # what a crash mid-write leaves
+        f.write(half) if hasattr(f, "write") else Path(f).write_bytes(half)
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", interrupted_save)
     with pytest.raises(OSError, match="disk full"):
         load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=1)
-    assert files_in(cache) == []
+    key = cache_file(str(cache), SOURCE, "fit", videos, SPEC)
+    # No cache and no temporary: only the decode's resumable partial (rows and journal), kept for the retry.
+    assert files_in(cache) == sorted(p.name for p in partial_files(key)) and not rows_file(key).name.endswith(".pt")
     monkeypatch.setattr(torch, "save", real_save)
     load_or_decode(str(cache), SOURCE, "fit", videos, SPEC, workers=1)
     assert files_in(cache) == [stored(cache_file(str(cache), SOURCE, "fit", videos, SPEC)).name]

@@ -33,6 +33,8 @@ from .data.datamodule import VideoDataModule
 
 #: Set to 1 to get jsonargparse's own error output (usage and the whole nested message).
 FULL_ERRORS_ENV = "TSGF_FULL_ERRORS"
+DESCRIPTION = ("The stages: tsgf {fit,validate,test} --config FILE ... Also: tsgf decode --config DATA.yaml "
+               "[--shard I --num-shards N] fills the decode cache before training, in shards (tsgf decode --help).")
 
 
 class TSGFParser(LightningArgumentParser):
@@ -344,4 +346,5 @@ class TSGFCLI(LightningCLI):
 def main(args: list[str] | None = None, run: bool = True) -> TSGFCLI:
     """Build the CLI (tests pass ``args``; ``run=False`` builds without running a subcommand)."""
     return TSGFCLI(L.LightningModule, VideoDataModule, subclass_mode_model=True, parser_class=TSGFParser,
-                   parser_kwargs={"allow_abbrev": False}, save_config_kwargs={"overwrite": True}, args=args, run=run)
+                   parser_kwargs={"allow_abbrev": False, "description": DESCRIPTION},
+                   save_config_kwargs={"overwrite": True}, args=args, run=run)

@@ -16,6 +16,12 @@ truncated, changed on disk, unreadable or without a record is named in a warning
 decoded again. Before decoding, the cache directory must be writable, and temporaries of killed
 saves in it are removed.
 
+Decoding writes each video's clips straight into a file of rows beside the cache and journals each
+finished video (:mod:`.decoding`, :mod:`.partial`), so its memory does not grow with the part (a
+Kinetics-400 ``fit`` part is ~94 GB) and a killed decode, run again with the same inputs,
+continues where it stopped and publishes the same bytes. Several processes or machines sharing
+``cache_dir`` may decode disjoint shards of one part (:func:`decode_shard`, ``tsgf decode``).
+
 Corrupt or unreadable videos are skipped with a warning that names each one, and counted; more than
 ``max_bad_fraction`` of a part failing is an error (nothing is written). The skipped files are
 stored with the part and reported again on every load.
@@ -25,20 +31,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import tempfile
+import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..atomic import temp_sibling, write_atomic
-from .decode import Sampling, VideoDecodeError, decode_clips
+from .decode import ClipSpec
+from .decoding import decode_rows, default_workers, row_shape, shard_rows
 from .digests import content_digests
 from .integrity import (
     cache_problem,
@@ -49,8 +56,12 @@ from .integrity import (
     require_writable,
     stored_caches,
 )
+from .partial import compact, compacted_through, lock_file, read_journals, remove_partial, rows_file, take_lock
 from .sources import VideoItem
 from .sources.base import preview
+
+__all__ = ["ClipSpec", "DecodedPart", "cache_file", "cached_part_exists", "decode_part", "decode_shard",
+           "load_or_decode"]
 
 CACHE_VERSION = 3  # v2: exact-rational frame indices (decode.sample_indices); v3: content digests, not mtimes
 
@@ -68,17 +79,6 @@ class DecodedPart:
     def to_dict(self) -> dict:
         return {"clips": self.clips, "labels": self.labels, "paths": self.paths, "groups": self.groups,
                 "skipped": self.skipped}
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """How clips are cut from every video of a part."""
-
-    frames: int
-    size_hw: tuple[int, int]
-    sampling: Sampling = "uniform"
-    gap: int = 4
-    positions: tuple[float, ...] = (0.5,)
 
 
 def cache_file(cache_dir: str, source_key: dict, part: str, items: Sequence[VideoItem], spec: ClipSpec) -> Path:
@@ -99,57 +99,105 @@ def cache_file(cache_dir: str, source_key: dict, part: str, items: Sequence[Vide
     return Path(cache_dir) / name
 
 
-def _single_thread() -> None:
-    torch.set_num_threads(1)
+def _publish(key: Path, items: Sequence[VideoItem], spec: ClipSpec, max_bad_fraction: float, desc: str) -> Path | None:
+    """Compact and save the part once every row is done; None while rows are missing or another process publishes.
 
-
-def _decode_one(args: tuple[str, ClipSpec]) -> Tensor | str:
-    path, spec = args
+    Raises:
+        RuntimeError: too many unreadable videos (the partial is removed: decoding again gives the same).
+    """
+    shape, n = row_shape(spec), len(items)
+    if compacted_through(key) is None and len(read_journals(key, n)) < n:
+        return None
+    if not take_lock(key):
+        return None
     try:
-        return decode_clips(path, spec.frames, spec.size_hw, spec.sampling, spec.gap, spec.positions)
-    except VideoDecodeError as err:
-        return str(err)
+        records = read_journals(key, n)
+        if len(records) < n:  # journals lost after compaction began: the rows cannot be placed again
+            remove_partial(key)
+            raise RuntimeError(f"the journals of the partial decode of {key} were damaged during compaction; it "
+                               "was removed, decode the part again")
+        skipped = [items[i].path for i in range(n) if records[i][1] is not None]
+        for i in range(n):
+            if records[i][1] is not None:
+                warnings.warn(f"skipping unreadable video {records[i][1]}", stacklevel=4)
+        kept = [i for i in range(n) if records[i][1] is None]
+        if skipped and (not kept or len(skipped) > max_bad_fraction * n):
+            remove_partial(key)
+            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+            raise RuntimeError(
+                f"{len(skipped)} of {n} videos could not be decoded ({desc}), more than "
+                f"max_bad_fraction={max_bad_fraction}: {shown}")
+        if skipped:
+            compact(key, kept, records, math.prod(shape))
+        # Mapped on the rows file: torch.save writes the pages of the page cache, no copy of the part is made.
+        clips = torch.from_file(str(rows_file(key)), shared=False, size=len(kept) * math.prod(shape),
+                                dtype=torch.uint8).view(len(kept), *shape)
+        final = _save_cache(DecodedPart(
+            clips=clips, labels=torch.tensor([items[i].label for i in kept], dtype=torch.int64),
+            paths=[items[i].path for i in kept], groups=[items[i].group for i in kept], skipped=skipped,
+        ).to_dict(), key)
+        del clips
+        remove_partial(key)  # the lock goes last
+        return final
+    finally:
+        lock_file(key).unlink(missing_ok=True)
 
 
-def decode_part(items: Sequence[VideoItem], spec: ClipSpec, workers: int = 2,
-                 max_bad_fraction: float = 0.05, desc: str = "decoding") -> DecodedPart:
-    """Decode every item (in order, ``workers`` processes, with a progress bar).
+def decode_shard(cache_dir: str, source_key: dict, part: str, items: Sequence[VideoItem], spec: ClipSpec,
+                 shard: int = 0, num_shards: int = 1, workers: int | None = None,
+                 max_bad_fraction: float = 0.05) -> Path | None:
+    """Decode shard ``shard`` of ``num_shards`` of a part into its cache; publish the cache if no row is missing.
 
-    Unreadable items are warned about one by one, with the decoder's reason, and listed in ``skipped``.
+    Several processes, on one machine or on several sharing ``cache_dir``, each run this with their
+    own ``shard`` and the same other arguments (``tsgf decode --shard I --num-shards N``): each
+    writes its contiguous rows (:func:`shard_rows`) into the part's shared partial
+    (:mod:`.partial`) and its own journal, and whichever finds every row done publishes the cache,
+    which a later :func:`load_or_decode` then loads. A shard that is killed resumes when run again;
+    a later run with another ``num_shards`` (or a plain load) reuses every row already decoded.
+
+    Returns:
+        the stored cache, or None: other shards are still decoding, or another process is publishing.
+
+    Raises:
+        OSError: ``cache_dir`` is not writable (before any decoding).
+        RuntimeError: too many unreadable videos (:func:`decode_part`).
+    """
+    key = cache_file(cache_dir, source_key, part, items, spec)
+    require_writable(key)
+    rows = shard_rows(len(items), shard, num_shards)
+    desc = f"decoding {part} shard {shard + 1}/{num_shards} ({len(rows)} of {len(items)} videos)"
+    decode_rows(key, items, spec, rows, workers or default_workers(), shard, num_shards, desc)
+    done = next((p for p in stored_caches(key) if has_record(p)), None)
+    return done or _publish(key, items, spec, max_bad_fraction, desc)
+
+
+def decode_part(items: Sequence[VideoItem], spec: ClipSpec, workers: int | None = None,
+                max_bad_fraction: float = 0.05, desc: str = "decoding", key: Path | None = None) -> DecodedPart:
+    """Decode every item (in order, ``workers`` processes, by default one per core, with a progress bar).
+
+    The clips go straight from the decoding processes into the partial of the cache ``key``
+    (:mod:`.partial`; a temporary folder when None) and the result is the published cache, mapped:
+    no process holds more than the clips it is decoding. A decode of ``key`` that was killed resumes
+    from the videos it had finished. Unreadable items are warned about one by one, with the
+    decoder's reason, and listed in ``skipped``.
 
     Raises:
         RuntimeError: more than ``max_bad_fraction`` of the items (or all of them) failed; the
             message names the failures.
     """
-    jobs = [(item.path, spec) for item in items]
-    if workers > 1 and len(jobs) > 1:
-        # fork, like DataLoader workers, and like them one intra-op thread each (OpenMP after fork).
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_single_thread) as pool:
-            results = list(tqdm(pool.map(_decode_one, jobs, chunksize=4), total=len(jobs), desc=desc,
-                                unit="video"))
-    else:
-        results = [_decode_one(job) for job in tqdm(jobs, desc=desc, unit="video")]
-
-    kept_items, clips, skipped = [], [], []
-    for item, result in zip(items, results):
-        if isinstance(result, str):
-            skipped.append(item.path)
-            warnings.warn(f"skipping unreadable video {result}", stacklevel=2)
-        else:
-            kept_items.append(item)
-            clips.append(result)
-    if skipped and (not clips or len(skipped) > max_bad_fraction * len(items)):
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        raise RuntimeError(
-            f"{len(skipped)} of {len(items)} videos could not be decoded ({desc}), more than "
-            f"max_bad_fraction={max_bad_fraction}: {shown}")
-    return DecodedPart(
-        clips=torch.stack(clips),
-        labels=torch.tensor([item.label for item in kept_items], dtype=torch.int64),
-        paths=[item.path for item in kept_items],
-        groups=[item.group for item in kept_items],
-        skipped=skipped,
-    )
+    with tempfile.TemporaryDirectory(prefix="tsgf-decode-") as scratch:
+        key = key or Path(scratch) / "part.pt"
+        waited = False
+        while True:
+            decode_rows(key, items, spec, range(len(items)), workers or default_workers(), 0, 1, desc)
+            final = _publish(key, items, spec, max_bad_fraction, desc)
+            final = final or next((p for p in stored_caches(key) if has_record(p)), None)
+            if final is not None:
+                return DecodedPart(**torch.load(final, mmap=True, weights_only=True))
+            if not waited:
+                warnings.warn(f"waiting for the process holding {lock_file(key)} to publish {key.name}", stacklevel=2)
+                waited = True
+            time.sleep(1.0)
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -158,10 +206,15 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 def _save_cache(obj: dict, path: Path) -> Path:
-    """Save to a temporary, checksum what landed, and rename it to its recorded name."""
+    """Save to a temporary, checksum what landed, and rename it to its recorded name.
+
+    Saved through a file object: torch names the archive inside after a file name it is given (the
+    temporary's, which carries the pid), and the same part must be the same bytes whoever saves it.
+    """
     tmp = temp_sibling(path)
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
         final = recorded_name(path, tmp.stat().st_size, file_crc32(tmp))
         os.replace(tmp, final)
     finally:
@@ -188,7 +241,7 @@ def report_skipped(data: DecodedPart, part: str, total: int) -> None:
 
 
 def load_or_decode(cache_dir: str, source_key: dict, part: str, items: Sequence[VideoItem], spec: ClipSpec,
-                   workers: int = 2, max_bad_fraction: float = 0.05) -> DecodedPart:
+                   workers: int | None = None, max_bad_fraction: float = 0.05) -> DecodedPart:
     """Return the decoded part: a verified cache, or a decode (cached) on first use or when the cache is bad.
 
     Raises:
@@ -209,8 +262,8 @@ def load_or_decode(cache_dir: str, source_key: dict, part: str, items: Sequence[
         except OSError:
             pass
     require_writable(path)
-    decoded = decode_part(items, spec, workers, max_bad_fraction, desc=f"decoding {part} ({len(items)} videos)")
-    _save_cache(decoded.to_dict(), path)
+    decoded = decode_part(items, spec, workers, max_bad_fraction, desc=f"decoding {part} ({len(items)} videos)",
+                          key=path)
     report_skipped(decoded, part, len(items))
     return decoded
 

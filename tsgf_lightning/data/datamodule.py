@@ -147,7 +147,7 @@ class VideoDataModule(L.LightningDataModule):
         batch_size: training batch size; eval_batch_size: validation/test batch size (default = batch_size).
         num_workers: DataLoader workers.
         cache_dir: where decoded parts are cached.
-        decode_workers: processes decoding videos on first use.
+        decode_workers: processes decoding videos on first use; None = one per core this process may use.
         max_bad_fraction: unreadable videos tolerated per part (skipped with a warning) before it is an error.
     """
 
@@ -179,7 +179,7 @@ class VideoDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 1,
         cache_dir: str = "data/cache",
-        decode_workers: int = 2,
+        decode_workers: int | None = None,
         max_bad_fraction: float = 0.05,
     ):
         super().__init__()

@@ -22,6 +22,7 @@ clamped to ``n - 1``), so a 5-frame video gives an 8-frame clip with some frames
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
@@ -34,6 +35,18 @@ Sampling = Literal["uniform", "fixed_gap"]
 
 class VideoDecodeError(RuntimeError):
     """A video file could not be opened or decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut from every video of a part."""
+
+    frames: int
+    size_hw: tuple[int, int]
+    sampling: Sampling = "uniform"
+    gap: int = 4
+    positions: tuple[float, ...] = (0.5,)
+
 
 
 def sample_indices(num_frames: int, frames: int, sampling: Sampling = "uniform", gap: int = 4,

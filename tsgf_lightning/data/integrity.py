@@ -25,7 +25,8 @@ _RECORD = re.compile(r"\.(?P<size>\d+)\.crc32-(?P<crc>[0-9a-f]{8})\.pt$")
 _TEMP = re.compile(r"^\.(?P<name>.+\.pt)\.(?P<pid>\d+)(?:@(?P<host>[^/]*))?\.tmp$")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process of this host has ``pid`` (one of another user counts as alive)."""
     if pid <= 0:
         return False
     try:
@@ -44,7 +45,8 @@ def remove_stale_temps(folder: Path) -> list[Path]:
 
     Only ``.NAME.pt.PID[@HOST].tmp`` files whose writer is not alive: written on this host (or
     without a host) by a pid that no longer exists. A concurrent decoder's temporary, here or on
-    another machine sharing the folder, is never touched.
+    another machine sharing the folder, is never touched, nor is a partial decode (:mod:`.partial`): it is
+    resumed, whoever left it.
     """
     try:
         entries = list(folder.iterdir())
@@ -53,7 +55,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     host, removed = host_name(), []
     for path in entries:
         m = _TEMP.match(path.name)
-        if m is None or m["host"] not in (None, host) or _alive(int(m["pid"])):
+        if m is None or m["host"] not in (None, host) or alive(int(m["pid"])):
             continue
         try:
             path.unlink()

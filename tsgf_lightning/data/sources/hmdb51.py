@@ -54,25 +54,23 @@ class HMDB51(VideoSource):
         self.class_names = select_classes(classes, actions)
 
     def _list(self, split: Split) -> list[VideoItem]:
-        keep = {"1": "train", "2": "test", "0": "train" if self.unused_to_train else None}
+        files = [self.split_dir / f"{action}_test_split{self.fold}.txt" for action in self.class_names]
+        for split_file in files:
+            check_split_file(split_file)
+        kinds = ["test"] if split == "test" else ["train", "unused"] if self.unused_to_train else ["train"]
+        label_of = {action: i for i, action in enumerate(self.class_names)}
+        on_disk: dict[str, set[str]] = {}
         items: list[VideoItem] = []
         missing: list[str] = []
-        for label, action in enumerate(self.class_names):
-            split_file = self.split_dir / f"{action}_test_split{self.fold}.txt"
-            folder = self.root / action
-            on_disk = set(os.listdir(folder)) if folder.is_dir() else set()
-            for number, line in enumerate(split_file.read_text().splitlines(), start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != 2 or fields[1] not in keep:
-                    raise ValueError(f"{split_file}:{number}: expected '<clip>.avi <0|1|2>' but got {line!r}")
-                if keep[fields[1]] != split:
-                    continue
-                name = fields[0]
-                if name not in on_disk:
+        for kind in kinds:
+            for rel, meta in _pytorchvideo_entries(files, kind):
+                action, name = meta["label"], Path(rel).name
+                if action not in on_disk:
+                    folder = self.root / action
+                    on_disk[action] = set(os.listdir(folder)) if folder.is_dir() else set()
+                if name not in on_disk[action]:
                     missing.append(f"{action}/{name}")
-                items.append(VideoItem(str(folder / name), label, film_of(Path(name).stem, action)))
+                items.append(VideoItem(str(self.root / rel), label_of[action], film_of(Path(name).stem, action)))
         check_missing(sorted(missing), len(items), f"the HMDB51 fold-{self.fold} files")
         return items
 
@@ -87,3 +85,32 @@ def film_of(stem: str, action: str) -> str:
     head = stem[: match.start()] if match else stem
     tail = f"_{action}"
     return head[: -len(tail)] if head.endswith(tail) and len(head) > len(tail) else head
+
+
+def check_split_file(path: Path) -> None:
+    """Every line of a fold file must read ``<clip>.avi <0|1|2>``: an error naming the file and line otherwise.
+
+    pytorchvideo's parser skips a line with another flag without a word and fails on a blank line with a bare
+    IndexError, so the file is checked here first (a second read of a few kB per class); a blank line is an
+    error here too (the official files have none).
+    """
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise ValueError(f"{path}:{number}: expected '<clip>.avi <0|1|2>' but got {line!r}")
+
+
+def _pytorchvideo_entries(files: list[Path], kind: str) -> list[tuple[str, dict]]:
+    """``(action/clip.avi, {"label": action, ...})`` of the ``kind`` lines (train, test or unused) of ``files``.
+
+    pytorchvideo asserts that a kind has at least one line; an empty one is an empty list here, so that an
+    empty split is reported by :func:`~.base.check_split` in the words every reader uses. Imported here:
+    ``pytorchvideo.data`` loads all of its datasets, about 2 s that a command not reading HMDB51 should not pay.
+    """
+    from pytorchvideo.data.hmdb51 import Hmdb51LabeledVideoPaths
+
+    try:
+        parsed = Hmdb51LabeledVideoPaths.from_csvs(files, kind)
+    except AssertionError:
+        return []
+    return [parsed[i] for i in range(len(parsed))]
