@@ -5,6 +5,7 @@ is a stop (a hang, or an exception) at a chosen video, and a counter of the vide
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
@@ -278,3 +279,14 @@ def test_tsgf_decode_in_two_shards_fills_the_cache_a_run_reads(tmp_path, tiny_em
         assert cached_part_exists(str(cache), dm.source.cache_key(), part, items[part], dm.clip_spec(part)), part
         assert any(line.startswith(f"{part}: {cache}") for out, _ in outs for line in out.splitlines()), outs
     assert all(p.name.endswith(".pt") for p in cache.iterdir())  # published, no partial left
+
+
+def test_worker_processes_fed_a_block_at_a_time_give_the_same_cache(tmp_path, dozen, monkeypatch):
+    """Two forked workers, jobs handed over 5 at a time (3 blocks, the last short): the one-process bytes."""
+    want = reference(tmp_path, dozen)
+    monkeypatch.setattr(decoding, "SUBMIT_BLOCK", 5)
+    folder = tmp_path / "blocks"
+    with pytest.warns(UserWarning, match="v02.mkv"):
+        load_or_decode(str(folder), SOURCE, "fit", dozen, SPEC, workers=2, max_bad_fraction=0.2)
+    same_cache(folder, dozen, want)
+    assert gc.get_freeze_count() == 0  # the parent's objects are collectable again

@@ -8,6 +8,7 @@ with the part. Rows already recorded, and still intact on disk, are not decoded 
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import zlib
@@ -22,6 +23,9 @@ from tqdm.auto import tqdm
 from .decode import ClipSpec, VideoDecodeError, decode_clips
 from .partial import Journal, compacted_through, open_rows, read_journals, verified_done, write_row
 from .sources.base import VideoItem
+
+#: Videos handed to the worker pool at a time.
+SUBMIT_BLOCK = 1024
 
 
 def default_workers() -> int:
@@ -76,11 +80,20 @@ def decode_rows(key: Path, items: Sequence[VideoItem], spec: ClipSpec, rows: ran
     try:
         with tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc, unit="video") as bar:
             if workers > 1 and len(jobs) > 1:
-                # fork, like DataLoader workers, and like them one intra-op thread each (OpenMP after fork).
-                with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_single_thread) as pool:
-                    for result in pool.map(_decode_row, jobs, chunksize=4):
-                        journal.add(*result)
-                        bar.update()
+                # Frozen: the workers' garbage collector would otherwise touch every object the parent holds
+                # (a VideoItem per video), copying those pages into each worker: memory growing with the part.
+                gc.freeze()
+                try:
+                    # fork, like DataLoader workers, and like them one intra-op thread each (OpenMP after fork).
+                    with ProcessPoolExecutor(workers, mp_context=get_context("fork"),
+                                             initializer=_single_thread) as pool:
+                        # Submitted a block at a time, so the parent holds a block's futures, not the part's.
+                        for start in range(0, len(jobs), SUBMIT_BLOCK):
+                            for result in pool.map(_decode_row, jobs[start:start + SUBMIT_BLOCK], chunksize=4):
+                                journal.add(*result)
+                                bar.update()
+                finally:
+                    gc.unfreeze()
             else:
                 for job in jobs:
                     journal.add(*_decode_row(job))
