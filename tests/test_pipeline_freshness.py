@@ -311,3 +311,26 @@ def test_unreadable_videos_are_reported_on_every_run_in_the_console_and_results_
     assert "skipped" in stage_lines(proc.stdout)["teacher"]
     md = (out / "results.md").read_text()
     assert "## Unreadable videos" in md and f"`fit`: 1 skipped: `{bad}`" in md
+
+
+def test_a_config_edited_while_the_pipeline_runs_is_what_the_stage_records(copied, capsys, monkeypatch):
+    """Edited after planning, before the stage starts: the stage reads the new file, so its fingerprint must say so."""
+    import tsgf_lightning.pipeline.run as run_module
+
+    cfg, out = copied
+    (out / "students" / "random" / "ipc1" / "seed0" / "result.json").unlink()  # this stage runs again
+    planned = run_module._statuses
+
+    def statuses_then_edit(stages, resolved):
+        status = planned(stages, resolved)
+        edit(cfg / "student.yaml", "model.init_args.temperature", 2.0)  # after every stage was resolved
+        return status
+
+    monkeypatch.setattr(run_module, "_statuses", statuses_then_edit)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_pipeline(cfg, out, bar=False)
+    assert "student random ipc1 seed0 changed since this run started" in capsys.readouterr().out
+    result = json.loads((out / "students" / "random" / "ipc1" / "seed0" / "result.json").read_text())
+    assert result["fingerprint"]["config"]["model.init_args.temperature"] == 2.0
+    hp = yaml.safe_load((out / "students" / "random" / "ipc1" / "seed0" / "hparams.yaml").read_text())
+    assert hp["temperature"] == 2.0

@@ -81,6 +81,13 @@ def run_pipeline(config_dir: str | Path, output_dir: str | Path, dry_run: bool =
                 write_json_atomic(list({**previous, **{r["stage"]: r for r in records}}.values()), out / "stages.json")
 
             def prepare(st: Stage) -> str:
+                # Resolved again now: a config edited while earlier stages ran is what this stage reads,
+                # so its fingerprint must be that config's, not the one planned at the start.
+                now = resolve_stages([st])[st.name]
+                if now != resolved[st.name]:
+                    print(f"  (the configs of {st.title} changed since this run started; it runs and records "
+                          f"them as they are now: {st.files()})", flush=True)
+                    resolved[st.name] = now
                 fingerprint, moved = prepare_launch(st, resolved[st.name], out, aside)
                 for path in moved:
                     print(f"  (the superseded output of {st.title} is kept in {path})", flush=True)
