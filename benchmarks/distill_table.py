@@ -15,8 +15,8 @@ Rows (see ``methods()``):
   packed 2x2 like the TSGF set, when ``--factor 2``), ``herding`` and ``kcenter`` (coresets on the
   teacher's penultimate features, same student), ``sre2l`` (synthesis without TSGF_O, student
   without TSGF_A: plain VideoMix), ``tsgf``, and ``--baselines`` ``dm``, ``mtt`` (after ``--experts``
-  expert trajectories) and ``vdsd`` as their published video code runs them, for ``--baseline-steps``
-  iterations; with ``--protocol tsgf vdsd`` (the default) every row is evaluated a second time under
+  expert trajectories) and ``vdsd`` as their published video code runs them, for their templates'
+  iterations (or ``--baseline-steps``); with ``--protocol tsgf vdsd`` (the default) every row is evaluated a second time under
   the published VDSD evaluation, as ``<method>@vdsd``;
 - ablations, at the smallest IPC with ``--ablation-seeds`` seeds: ``tsgf-O_off`` (no saliency mask
   in synthesis), ``tsgf-A_off`` (plain VideoMix in the student), ``tsgf-eq8`` / ``tsgf-eq8-signed``
@@ -122,14 +122,14 @@ def stage_configs(args, frames: int, val_fraction: float) -> dict[str, dict]:
     synthesis["trainer"]["max_steps"] = args.synthesis_steps
     student["trainer"]["max_steps"] = args.student_steps
     student["data"]["distilled_path"] = None  # the pipeline names each set
-    steps = args.baseline_steps or args.synthesis_steps  # equal iterations unless told otherwise
+    steps = args.baseline_steps  # None: each template's own budget (MTT's is a third of the others', for cost)
     for name, cfg in baselines.items():
         if name == "experts.yaml":
             cfg["trainer"]["max_epochs"] = args.expert_epochs
-            continue
-        cfg["trainer"]["max_steps"] = steps
-        if name == "vdsd.yaml":  # the published split: 1 static iteration for every 5 dynamic ones
-            cfg["model"]["init_args"].update(static_steps=steps // 6, dynamic_steps=steps - steps // 6)
+        elif steps:
+            cfg["trainer"]["max_steps"] = steps
+            if name == "vdsd.yaml":  # the published split: 1 static iteration for every 5 dynamic ones
+                cfg["model"]["init_args"].update(static_steps=steps // 6, dynamic_steps=steps - steps // 6)
     return {"teacher.yaml": teacher, "synthesis.yaml": synthesis, "student.yaml": student, **baselines}
 
 
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--extra-frames", type=int, nargs="*", default=[], help="frame counts for tsgf/random+student rows")
     p.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
                    help="distillation methods the paper compares with, rows of their own (default: all three)")
-    p.add_argument("--baseline-steps", type=int, default=None, help="their iterations (default: --synthesis-steps)")
+    p.add_argument("--baseline-steps", type=int, default=None, help="their iterations (default: their templates')")
     p.add_argument("--experts", type=int, default=2, help="MTT's expert trajectories")
     p.add_argument("--expert-epochs", type=int, default=12, help="epochs of each expert (>= MTT's last read epoch)")
     p.add_argument("--protocol", nargs="+", default=["tsgf", "vdsd"], choices=["tsgf", "vdsd"],
