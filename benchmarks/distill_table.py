@@ -16,8 +16,8 @@ Rows (see ``methods()``):
   teacher's penultimate features, same student), ``sre2l`` (synthesis without TSGF_O, student
   without TSGF_A: plain VideoMix), ``tsgf``, and ``--baselines`` ``dm``, ``mtt`` (after ``--experts``
   expert trajectories) and ``vdsd`` as their published video code runs them, for their templates'
-  iterations (or ``--baseline-steps``); with ``--protocol tsgf vdsd`` (the default) every row is evaluated a second time under
-  the published VDSD evaluation, as ``<method>@vdsd``;
+  iterations (or ``--baseline-steps``); with ``--protocol tsgf vdsd`` (the default) every row is evaluated
+  a second time under the published VDSD evaluation, as ``<method>@vdsd``;
 - ablations, at the smallest IPC with ``--ablation-seeds`` seeds: ``tsgf-O_off`` (no saliency mask
   in synthesis), ``tsgf-A_off`` (plain VideoMix in the student), ``tsgf-eq8`` / ``tsgf-eq8-signed``
   (the graded Eq. 8 mask on magnitude only / on magnitude and sign), ``tsgf-noise`` (noise
