@@ -100,8 +100,8 @@ def test_digests_are_remembered_by_stat_and_read_once(tmp_path, videos, monkeypa
     assert sorted(memo.values()) == sorted(naive) and len(memo) == len(paths)
 
     reads = []
-    real = digests._sha256
-    monkeypatch.setattr(digests, "_sha256", lambda p: reads.append(p) or real(p))
+    real = digests.sha256_file
+    monkeypatch.setattr(digests, "sha256_file", lambda p: reads.append(p) or real(p))
     assert digests.content_digests(paths) == naive and reads == []  # every stat known: nothing read
     Path(paths[0]).touch()
     assert digests.content_digests(paths) == naive and reads == [paths[0]]  # only the touched file
@@ -209,3 +209,15 @@ def test_all_videos_corrupt_is_an_error_even_with_a_lenient_fraction(tmp_path, v
     with pytest.raises(RuntimeError, match="6 of 6"), pytest.warns(UserWarning):
         load_or_decode(str(tmp_path / "cache"), SOURCE, "fit", videos, SPEC, workers=1, max_bad_fraction=1.0)
     assert files_in(tmp_path / "cache") == []
+
+
+def test_a_path_with_a_bar_keeps_one_memo_entry(tmp_path, monkeypatch):
+    import tsgf_lightning.data.digests as digests
+
+    monkeypatch.setenv("TSGF_DIGESTS", str(tmp_path / "memo.json"))
+    odd = tmp_path / "a|b.avi"  # the memo key is "path|size|mtime|inode": the path is what precedes the last 3 bars
+    odd.write_bytes(b"video")
+    digests.content_digests([str(odd)])
+    os.utime(odd, ns=(1, 1))
+    assert digests.content_digests([str(odd)]) == [hashlib.sha256(b"video").hexdigest()]
+    assert len(json.loads((tmp_path / "memo.json").read_text())) == 1

@@ -98,11 +98,9 @@ def file_digest(path: str | Path) -> str:
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _FILE_HASHES[key] = h.hexdigest()
+        from .data.digests import sha256_file
+
+        _FILE_HASHES[key] = sha256_file(p)
     return _FILE_HASHES[key]
 
 

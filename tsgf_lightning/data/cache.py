@@ -123,10 +123,9 @@ def _publish(key: Path, items: Sequence[VideoItem], spec: ClipSpec, max_bad_frac
         kept = [i for i in range(n) if records[i][1] is None]
         if skipped and (not kept or len(skipped) > max_bad_fraction * n):
             remove_partial(key)
-            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
             raise RuntimeError(
                 f"{len(skipped)} of {n} videos could not be decoded ({desc}), more than "
-                f"max_bad_fraction={max_bad_fraction}: {shown}")
+                f"max_bad_fraction={max_bad_fraction}: {preview(skipped)}")
         if skipped:
             compact(key, kept, records, math.prod(shape))
         # Mapped on the rows file: torch.save writes the pages of the page cache, no copy of the part is made.

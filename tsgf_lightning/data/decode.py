@@ -48,7 +48,6 @@ class ClipSpec:
     positions: tuple[float, ...] = (0.5,)
 
 
-
 def sample_indices(num_frames: int, frames: int, sampling: Sampling = "uniform", gap: int = 4,
                    position: float = 0.5) -> Tensor:
     """Frame indices of one clip.

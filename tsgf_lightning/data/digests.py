@@ -50,7 +50,8 @@ def _read_memo(path: Path) -> dict[str, str]:
     return memo if isinstance(memo, dict) else {}
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex (the one file hash the project computes)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -69,13 +70,13 @@ def content_digests(paths: Sequence[str]) -> list[str | None]:
     fresh: dict[str, str] = {}
     for i in tqdm(todo, desc="hashing videos", unit="video", disable=len(todo) < _SHOW_BAR_FROM):
         try:
-            fresh[keys[i]] = _sha256(paths[i])
+            fresh[keys[i]] = sha256_file(paths[i])
         except OSError:
             keys[i] = None
     if fresh:
         current = {p: k for p, k in zip(paths, keys) if k is not None}
         # Entries for these paths under an older stat are dead: drop them so the memo does not grow.
-        kept = {k: v for k, v in _read_memo(where).items() if current.get(k.split("|", 1)[0], k) == k}
+        kept = {k: v for k, v in _read_memo(where).items() if current.get(k.rsplit("|", 3)[0], k) == k}
         try:
             write_json_atomic({**kept, **fresh}, where)
         except OSError:
