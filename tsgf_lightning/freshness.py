@@ -102,11 +102,17 @@ def stage_status(stage, resolved: dict, rerun: set[str]) -> Status:
         return Status("stale", [f"interrupted, and stage {', '.join(upstream)} runs again"])
     recorded = _recorded(here / FINGERPRINT_FILE)
     current = fingerprint(resolved)
-    if recorded is not None and (recorded.get("digest") == current["digest"]
-                                 or _new_options_only(recorded, current, resolved) is not None):
+    if _same_stage(recorded, current, resolved):
         return Status("resume", [], current["digest"])
     return Status("stale", ["interrupted under another config or other inputs: "
                             + "; ".join(changes(recorded, current))], current["digest"])
+
+
+def _same_stage(recorded: dict | None, current: dict, resolved: dict) -> bool:
+    """Whether an interrupted run's recorded fingerprint is the current one's stage: equal, or only new options
+    at their default."""
+    return recorded is not None and (recorded.get("digest") == current["digest"]
+                                     or _new_options_only(recorded, current, resolved) is not None)
 
 
 def _new_options_only(recorded: dict | None, current: dict, resolved: dict) -> list[str] | None:
@@ -172,8 +178,7 @@ def prepare_launch(stage, resolved: dict, out: Path, dest_root: Path) -> tuple[d
     here = run_dir(stage)
     marker = here / FINGERPRINT_FILE
     recorded = None if stage.result.exists() else _recorded(marker)
-    keep = recorded is not None and (recorded.get("digest") == current["digest"]
-                                     or _new_options_only(recorded, current, resolved) is not None)
+    keep = _same_stage(recorded, current, resolved)
     moved = []
     if not keep:
         outside = [p for p in stage.outputs if here not in p.absolute().parents]
