@@ -110,6 +110,27 @@ def test_digests_are_remembered_by_stat_and_read_once(tmp_path, videos, monkeypa
     assert digests.content_digests([*paths, str(tmp_path / "gone.avi")])[-1] is None
 
 
+def test_the_memo_is_parsed_once_per_process_until_its_file_changes(tmp_path, videos, monkeypatch):
+    import tsgf_lightning.data.digests as digests
+
+    where = tmp_path / "memo.json"
+    monkeypatch.setenv("TSGF_DIGESTS", str(where))
+    paths = [v.path for v in videos]
+    digests.content_digests(paths)
+    parses = []
+    real = digests.json.loads
+    monkeypatch.setattr(digests.json, "loads", lambda text: parses.append(1) or real(text))
+    for _ in range(3):  # a stage's three keys (fit, val, test)
+        digests.content_digests(paths)
+    assert parses == []  # the memo this process wrote is known, not parsed again
+    other = {k.replace(paths[0], "/elsewhere.avi"): v for k, v in real(where.read_text()).items()}
+    where.write_text(json.dumps(other))  # another process rewrote it
+    Path(paths[0]).touch()  # and this file's stat changed: it is hashed again and the memo merged
+    naive = hashlib.sha256(Path(paths[0]).read_bytes()).hexdigest()
+    assert digests.content_digests(paths)[0] == naive and len(parses) == 1  # parsed once: unchanged before the write
+    assert any(k.startswith("/elsewhere.avi|") for k in real(where.read_text()))  # the other's entries kept
+
+
 # ------------------------------------------------------------------------------------ write and read
 
 def test_first_call_decodes_and_writes_second_call_loads_without_decoding(tmp_path, videos):

@@ -42,7 +42,7 @@ def test_the_plan_runs_experts_before_mtt_and_shares_each_distillation_between_p
     assert by_name["dm_ipc1"].needs == by_name["vdsd_ipc1"].needs == ()  # no teacher, no experts
     for m in METHODS:  # both protocols' students read the same distilled set
         own, vdsd = by_name[f"student_{m}_ipc1_seed0"], by_name[f"student_{m}@vdsd_ipc1_seed0"]
-        assert own.needs == vdsd.needs == ("teacher", f"{m}_ipc1")
+        assert own.needs == ("teacher", f"{m}_ipc1") and vdsd.needs == (f"{m}_ipc1",)  # hard labels: no teacher
     resolved = resolve_stages(stages)
     student = resolved["student_mtt@vdsd_ipc1_seed0"]
     for key, value in PROTOCOLS["vdsd"].items():  # every protocol key reaches the parsed config
@@ -55,6 +55,7 @@ def test_the_plan_runs_experts_before_mtt_and_shares_each_distillation_between_p
         else:
             assert node == value, key
     assert resolved["student_mtt_ipc1_seed0"]["model"]["init_args"]["labels"] == "soft"  # the TSGF protocol
+    assert student["model"]["init_args"]["teacher_ckpt"] is None
     assert resolved["mtt_ipc1"]["model"]["init_args"]["experts"] == [
         str(tmp_path / "out" / "experts" / f"expert_{i}" / "trajectory") for i in (0, 1)]
 

@@ -88,13 +88,18 @@ def test_plan_applies_each_methods_overrides_and_gives_custom_synthesis_its_own_
 
     random = stages["student_random_ipc2_seed1"].command()
     for arg in ("--data.train_set=random", "--data.ipc=2", "--data.subset_seed=1", "--seed_everything=1",
-                "--model.init_args.seed=1", "--model.init_args.labels=hard", "--model.init_args.mix=none", ckpt,
+                "--model.init_args.seed=1", "--model.init_args.labels=hard", "--model.init_args.mix=none",
+                "--model.init_args.teacher_ckpt=null",
                 f"--trainer.logger.init_args.save_dir={out / 'students' / 'random' / 'ipc2'}",
                 "--trainer.logger.init_args.name=seed1", "--trainer.logger.init_args.version=", "--resume", "--test"):
         assert arg in random
     assert random[random.index("--result") + 1] == str(out / "students" / "random" / "ipc2" / "seed1" / "result.json")
     rs = stages["student_random+student_ipc1_seed0"].command()
-    assert "--data.train_set=random" in rs and not any("labels" in a or "mix" in a for a in rs)
+    assert "--data.train_set=random" in rs and not any("labels" in a or "mix" in a for a in rs) and ckpt in rs
+    # hard labels ask the teacher nothing: those students neither read it nor wait for it
+    assert ckpt not in random and stages["student_random_ipc2_seed1"].needs == ()
+    assert stages["student_random+student_ipc1_seed0"].needs == ("teacher",)
+    assert stages["student_tsgf-hard_ipc1_seed0"].needs == ("synthesis_ipc1",)
 
     # each stage composes data.yaml and its own file, and names its row (shared stages name none)
     assert stages["student_random_ipc2_seed1"].configs == (cfg / "data.yaml", cfg / "student.yaml")

@@ -42,12 +42,24 @@ def _stat_key(path: str) -> str | None:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
 
 
+#: The memo as last parsed in this process, by its path, with the stat it was parsed at: a stage
+#: computes three cache keys, and for a Kinetics-sized memo (~40 MB) each parse costs seconds.
+_PARSED: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
+
+
 def _read_memo(path: Path) -> dict[str, str]:
+    """The memo's entries (read only: callers build new dicts), parsed again only when its file changed."""
     try:
+        st = os.stat(path)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)  # written by atomic replace: a new inode each time
+        if path.as_posix() in _PARSED and _PARSED[path.as_posix()][0] == stamp:
+            return _PARSED[path.as_posix()][1]
         memo = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return memo if isinstance(memo, dict) else {}
+    memo = memo if isinstance(memo, dict) else {}
+    _PARSED[path.as_posix()] = (stamp, memo)
+    return memo
 
 
 def sha256_file(path: str | Path) -> str:
@@ -77,8 +89,11 @@ def content_digests(paths: Sequence[str]) -> list[str | None]:
         current = {p: k for p, k in zip(paths, keys) if k is not None}
         # Entries for these paths under an older stat are dead: drop them so the memo does not grow.
         kept = {k: v for k, v in _read_memo(where).items() if current.get(k.rsplit("|", 3)[0], k) == k}
+        merged = {**kept, **fresh}
         try:
-            write_json_atomic({**kept, **fresh}, where)
+            write_json_atomic(merged, where)
+            st = os.stat(where)
+            _PARSED[where.as_posix()] = ((st.st_size, st.st_mtime_ns, st.st_ino), merged)
         except OSError:
             pass
     known = {**memo, **fresh}

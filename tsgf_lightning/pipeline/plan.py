@@ -95,8 +95,7 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
         teacher_needs: tuple[str, ...] = ("teacher",)
     else:
         teacher_ckpt, stages, teacher_needs = cfg.teacher, [], ()
-    experts = _expert_stages(config_dir, out, cfg) if any(m.distiller == "mtt" for m in cfg.methods
-                                                         if m.select == "synthesis") else []
+    experts = _expert_stages(config_dir, out, cfg) if needs_experts(cfg.methods) else []
     stages += experts
     synthesis: dict[tuple, Stage] = {}
     for k in sorted({*cfg.ipc, *(i for m in cfg.methods for i in (m.ipc or ()))}):
@@ -119,11 +118,14 @@ def plan(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Stage]:
                     select = [override("data.train_set", m.select), override("data.ipc", k),
                               override("data.subset_seed", s)]
                 run = out / "students" / m.name / f"ipc{k}"
+                # A hard-label student never asks the teacher anything: it neither reads nor waits for it.
+                hard = m.student.get("model.init_args.labels") == "hard"
                 overrides = [override("seed_everything", s), override("model.init_args.seed", s),
-                             override("model.init_args.teacher_ckpt", teacher_ckpt),
+                             override("model.init_args.teacher_ckpt", None if hard else teacher_ckpt),
                              *logger_dir(run, f"seed{s}"), *select,
                              *(override(key, v) for key, v in m.student.items())]
-                needs = teacher_needs if distilled is None else (*teacher_needs, synthesis[key].name)
+                needs = () if hard else teacher_needs
+                needs = needs if distilled is None else (*needs, synthesis[key].name)
                 stages.append(Stage(f"student_{m.name}_ipc{k}_seed{s}", f"student {m.name} ipc{k} seed{s}", "student",
                                     stage_files(config_dir, "student", k), tuple(overrides),
                                     run / f"seed{s}" / "result.json", test=not val, validate=val,
@@ -173,13 +175,18 @@ def _expert_stages(config_dir: Path, out: Path, cfg: PipelineConfig) -> list[Sta
     return stages
 
 
+def needs_experts(methods: tuple[Method, ...]) -> bool:
+    """Whether a method distils with MTT, which matches the expert trajectories (experts.yaml's stages)."""
+    return any(m.select == "synthesis" and m.distiller == "mtt" for m in methods)
+
+
 # ---------------------------------------------------------------------- checks before running
 def check_config_dir(config_dir: Path, methods: tuple[Method, ...]) -> None:
     """Every config the methods need is in ``config_dir`` (a distiller's only if a method uses it)."""
     needed = {"teacher.yaml", "pipeline.yaml"}
     needed |= {"student.yaml" for m in methods if m.select != "teacher"}
     needed |= {f"{m.distiller}.yaml" for m in methods if m.select == "synthesis"}
-    needed |= {"experts.yaml" for m in methods if m.select == "synthesis" and m.distiller == "mtt"}
+    needed |= {"experts.yaml"} if needs_experts(methods) else set()
     missing = sorted(f for f in needed if not (config_dir / f).is_file())
     if missing:
         found = sorted(p.name for p in config_dir.glob("*.yaml")) if config_dir.is_dir() else []
