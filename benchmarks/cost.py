@@ -193,6 +193,9 @@ def child(args) -> None:
     fit_end = time.perf_counter()
     if clock.first_start is None:
         raise SystemExit(f"{kind}: the fit ran no training step")
+    if stop_after is not None and len(clock.batches) < stop_after:
+        raise SystemExit(f"{kind}: the fit stopped after {len(clock.batches)} of the {stop_after} measured iterations "
+                         f"(the config's trainer.max_steps is smaller): lower --steps or raise max_steps")
     row = {"method": EXPERTS_ROW if kind == "experts" else kind, "ipc": None if kind == "experts" else args.ipc,
            "frames": args.frames, "setup_s": clock.first_start - start, "fit_end_s": fit_end - clock.last_end,
            "iterations_s": clock.batches, "iterations_cpu_s": clock.cpu, "epochs_s": clock.epochs,

@@ -79,42 +79,54 @@ def synthesis_wall(rows: list[dict], n_experts: int) -> dict[tuple, float]:
             for r in rows if r["method"] != EXPERTS_ROW and "error" not in r}
 
 
-def figure1(cost_rows, accuracy_rows, path, n_experts: int = 2, frames: int | None = None) -> Path | None:
-    """Test top-1 (%) against the extrapolated synthesis wall time (log x); marker area follows peak memory.
+def figure1_points(cost_rows, accuracy_rows, n_experts: int = 2, frames: int | None = None) -> list[dict]:
+    """Figure 1's markers: one per (method, IPC) found in both tables, at one frame count.
 
-    One marker per (method, IPC) found in both tables, one colour per method, labelled with its IPC.
     Accuracy rows are a pipeline's ``results.json`` (``method``, ``ipc``, ``top1_mean``; the first
     ``arch`` of a method is used), which carries no frame count, so the cost rows of one frame count
-    are used (``frames``; default the smallest measured). Peak memory is CUDA's when measured, else
-    the peak RSS. Drawn with matplotlib's object-oriented ``Figure``, as ``results.py`` draws its plot.
+    are used (``frames``; default the smallest measured). Each point: ``method``, ``ipc``, ``wall_s``
+    (:func:`synthesis_wall`: MTT's includes its experts), ``top1`` (%) and ``memory_mb`` (CUDA's
+    peak when measured, else the peak RSS).
     """
-    from matplotlib.figure import Figure
-
+    walls = synthesis_wall(cost_rows, n_experts)  # from every row: MTT's wall takes the experts' row's
     cost_rows = [r for r in cost_rows if "error" not in r and r["method"] != EXPERTS_ROW]
     if not cost_rows:
-        return None
+        return []
     frames = frames or min(r["frames"] for r in cost_rows)
-    walls = synthesis_wall(cost_rows, n_experts)
     accuracy: dict[tuple, float] = {}
     for a in accuracy_rows:
         accuracy.setdefault((a["method"], a["ipc"]), 100 * float(a["top1_mean"]))
-    points = [(r, walls[(r["method"], r["ipc"], r["frames"])], accuracy[(r["method"], r["ipc"])])
-              for r in cost_rows if r["frames"] == frames and (r["method"], r["ipc"]) in accuracy]
+    return [{"method": r["method"], "ipc": r["ipc"], "frames": frames, "wall_s": walls[(r["method"], r["ipc"], frames)],
+             "top1": accuracy[(r["method"], r["ipc"])], "memory_mb": r.get("cuda_max_allocated_mb", r["peak_rss_mb"])}
+            for r in cost_rows if r["frames"] == frames and (r["method"], r["ipc"]) in accuracy]
+
+
+def figure1(cost_rows, accuracy_rows, path, n_experts: int = 2, frames: int | None = None) -> Path | None:
+    """Test top-1 (%) against the extrapolated synthesis wall time (log x); marker area follows peak memory.
+
+    The markers are :func:`figure1_points`', one colour per method, labelled with IPC and memory; None
+    (nothing drawn) when no (method, IPC) is in both tables. Drawn with matplotlib's object-oriented
+    ``Figure``, as ``results.py`` draws its plot.
+    """
+    from matplotlib.figure import Figure
+
+    points = figure1_points(cost_rows, accuracy_rows, n_experts, frames)
     if not points:
         return None
-    memory = [r.get("cuda_max_allocated_mb", r["peak_rss_mb"]) for r, _, _ in points]
+    largest = max(p["memory_mb"] for p in points)
     fig = Figure(figsize=(6.4, 4.4), dpi=110)
     ax = fig.subplots()
-    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r, _, _ in points))}
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(p["method"] for p in points))}
     labelled: set[str] = set()
-    for (r, wall, top1), mb in zip(points, memory):
-        label = None if r["method"] in labelled else r["method"]
-        labelled.add(r["method"])
-        ax.scatter([wall], [top1], s=40 + 400 * mb / max(memory), alpha=0.6, label=label, color=colours[r["method"]])
-        ax.annotate(f"IPC {r['ipc']}, {mb:.0f} MB", (wall, top1), textcoords="offset points", xytext=(6, 4),
-                    fontsize="x-small")
+    for p in points:
+        label = None if p["method"] in labelled else p["method"]
+        labelled.add(p["method"])
+        ax.scatter([p["wall_s"]], [p["top1"]], s=40 + 400 * p["memory_mb"] / largest, alpha=0.6, label=label,
+                   color=colours[p["method"]])
+        ax.annotate(f"IPC {p['ipc']}, {p['memory_mb']:.0f} MB", (p["wall_s"], p["top1"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize="x-small")
     ax.set_xscale("log")
-    ax.set_xlabel(f"synthesis wall time to budget, s (extrapolated; {frames} frames)")
+    ax.set_xlabel(f"synthesis wall time to budget, s (extrapolated; {points[0]['frames']} frames)")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", title="marker area: peak memory", title_fontsize="x-small")
