@@ -109,6 +109,26 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(world) -> None:
     for key in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(resumed["optimizer_states"][0]["state"][0][key],
                                    uninterrupted["optimizer_states"][0]["state"][0][key], atol=1e-9, rtol=1e-5)
+    # the saturation guard's record of frames the mask let move covers the steps before the kill too
+    at_kill = torch.load(killed / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]["moved_frames"]
+    moved = uninterrupted["state_dict"]["moved_frames"]
+    assert at_kill.any() and torch.equal(at_kill & moved, at_kill) and moved.shape == (3 * IPC, 1, FRAMES)
+    assert torch.equal(resumed["state_dict"]["moved_frames"], moved)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_moved_frames_still_resumes(world) -> None:
+    """Checkpoints of versions before ``moved_frames`` resume to the same videos, the guard's record restarting."""
+    reference, killed = reference_run(world), killed_run(world)
+    run = world.base / "resumed_old"
+    resume_copy(world, killed, run)
+    old = torch.load(run / "ckpt" / "last.ckpt", weights_only=True)
+    del old["state_dict"]["moved_frames"]
+    torch.save(old, run / "ckpt" / "last.ckpt")
+    run_ok(world, write_config(world, run), "--ckpt_path", "last")
+    torch.testing.assert_close(final_videos(run)[1], final_videos(reference)[1], atol=1e-6, rtol=0)
+    moved, full = last_checkpoint(run)["state_dict"]["moved_frames"], last_checkpoint(reference)["state_dict"]
+    assert moved.any() and torch.equal(moved & full["moved_frames"], moved)  # only the steps after the resume
 
 
 @pytest.mark.slow

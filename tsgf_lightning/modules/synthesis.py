@@ -10,16 +10,15 @@ Each step:
    frame's gradient, or (``mask_target: update``) each frame's update;
 4. after the step, pixels are clamped to the valid range.
 
-The parameters are the videos, in normalised input space (as in SRe2L, so the paper's learning
-rates keep their meaning). Under :class:`~tsgf_lightning.strategy.ShardedSynthesisStrategy` each rank
-owns the videos of a contiguous range of classes. Checkpoints always hold the whole set (gathered),
-so a run can resume on any number of ranks. At the end of fit the set is exported
-(:mod:`~tsgf_lightning.export`).
+The parameters are the videos, in normalised input space (as in SRe2L, so the paper's learning rates keep their
+meaning). Under :class:`~tsgf_lightning.strategy.ShardedSynthesisStrategy` each rank owns the videos of a contiguous
+range of classes. Checkpoints always hold the whole set (gathered), so a run can resume on any number of ranks. At
+the end of fit the set is exported (:mod:`~tsgf_lightning.export`).
 
-The data's class names, geometry and normalisation come as ``data_spec`` (linked by the CLI; a module
-built by hand takes its DataModule's in ``setup``, :mod:`~tsgf_lightning.data.spec`); the DataModule
-is read only in ``setup``, for ``init: real`` (:func:`~tsgf_lightning.data.selection.real_initialisation`,
-given the loaded teacher). The teacher is held outside the module tree (:class:`~.frozen.FrozenTeacher`).
+The data's class names, geometry and normalisation come as ``data_spec`` (linked by the CLI; a module built by hand
+takes its DataModule's in ``setup``, :mod:`~tsgf_lightning.data.spec`); the DataModule is read only in ``setup``,
+for ``init: real`` (:func:`~tsgf_lightning.data.selection.real_initialisation`, given the loaded teacher). The
+teacher is held outside the module tree (:class:`~.frozen.FrozenTeacher`).
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from .pixel_set import check_at_least, clamp_pixels_
 TSGFMask = Literal["none", MaskShape]
 
 #: What a checkpoint holds per video (gathered into the whole set on saving, re-sliced on loading).
-_PER_VIDEO = ("videos", "labels", "global_index")
+_PER_VIDEO = ("videos", "labels", "global_index", "moved_frames")
 
 
 class SynthesisModule(L.LightningModule):
@@ -146,8 +145,7 @@ class SynthesisModule(L.LightningModule):
         self.videos: nn.Parameter | None = None
         self._mask: Tensor | None = None
         self._before_step: Tensor | None = None
-        self._moved: Tensor | None = None  # (n * factor^2, T): frames the mask has let move in this process
-        self._moving = 1.0  # their share of the whole set's voxels
+        self._moving = 1.0  # share of the whole set's voxels in frames the mask has let move (`moved_frames`)
         self.saturated_fraction: float | None = None  # share of pixel values at 0 or 1, whole set
         self.init_saturated_fraction: float | None = None
 
@@ -182,14 +180,15 @@ class SynthesisModule(L.LightningModule):
         self.videos = nn.Parameter(clamp_pixels_(init, spec.mean, spec.std).to(self.device))
         self.register_buffer("labels", labels[index].to(self.device))
         self.register_buffer("global_index", index.to(self.device))
+        moved = torch.zeros(len(index), self.factor ** 2, spec.frames, dtype=torch.uint8)  # frames the mask let move
+        self.register_buffer("moved_frames", moved.to(self.device))  # checkpointed: a resumed run guards alike
         # The saliency of the initialisation, for `mask_source: init`, and its saturation, the baseline of
         # `max_saturated_fraction` (both recomputed identically on resume, before the checkpoint loads).
         self._init_saliency = self._saliency()
         self.init_saturated_fraction = self._measure_saturation()
 
     def on_fit_start(self) -> None:
-        # Lightning has put the module on this rank's device, in the precision plugin's dtype.
-        self.teacher.follow(self)
+        self.teacher.follow(self)  # Lightning has put the module on this rank's device, in the precision plugin's dtype
 
     @property
     def _world(self) -> int:
@@ -269,9 +268,9 @@ class SynthesisModule(L.LightningModule):
         with torch.no_grad():
             saliency = self._init_saliency if h.mask_source == "init" else self._saliency()
             mask = tsgf_mask(saliency, h.eps, h.eps_mode, h.mask, h.signed_mask, h.mask_floor)  # (n * factor^2, T)
-            # Adam keeps moving a frame whose mask was once non-zero; tiles and frames are equal shares of a video.
-            self._moved = (mask != 0) if self._moved is None else self._moved | (mask != 0)
-            self._moving = float(self._sum_over_ranks(self._moved.sum().float())) / (self.n_clips * mask.shape[1])
+            self.moved_frames |= (mask != 0).view_as(self.moved_frames).to(torch.uint8)  # Adam keeps moving them
+            moved = self._sum_over_ranks(self.moved_frames.sum().float())  # tiles and frames: equal shares of a video
+            self._moving = float(moved) / (self.n_clips * mask.shape[1])
         self.log("train/frames_frozen", (mask == 0).float().mean())
         self.log("train/mask_mean", mask.mean())
         H, W = self.videos.shape[-2:]
@@ -282,9 +281,8 @@ class SynthesisModule(L.LightningModule):
             self._mask, self._before_step = m, self.videos.detach().clone()
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        # The update mask, the clamp and the saturation check complete the step here, before any callback:
-        # Lightning calls the module's `on_train_batch_end` after the callbacks' (ModelCheckpoint's), which
-        # would save unmasked, unclamped (or saturated) videos and make a resumed run differ.
+        # The update mask, the clamp and the saturation check complete the step here, before any callback: Lightning
+        # calls the module's `on_train_batch_end` after ModelCheckpoint's, which would save an unfinished step.
         optimizer.step(closure=optimizer_closure)
         with torch.no_grad():
             if self._before_step is not None:
@@ -329,6 +327,8 @@ class SynthesisModule(L.LightningModule):
         if held != self.n_global:
             raise ValueError(f"checkpoint holds {held} videos but this run has {self.num_classes} classes x ipc "
                              f"{self.ipc}")
+        checkpoint["state_dict"].setdefault("moved_frames", torch.zeros(  # a checkpoint of an older version
+            held, *self.moved_frames.shape[1:], dtype=torch.uint8))
         sharding.shard_checkpoint(checkpoint, _PER_VIDEO, self.global_index.cpu())
 
     def on_fit_end(self) -> None:
