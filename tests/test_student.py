@@ -59,13 +59,17 @@ class Recorder(nn.Module):
         return self.readout(x.mean(dim=(3, 4)).flatten(1))
 
 
-def attached_student(**kwargs) -> StudentModule:
-    """A StudentModule on a Recorder, given its data spec, attached to a stand-in trainer (step and rank only)."""
+def attached_module(cls, **kwargs):
+    """A ``cls`` (Student- or TeacherModule) on a Recorder, given its data spec, attached to a stand-in trainer
+    (step and rank only)."""
     spec = DataSpec(["a", "b", "c", "d"], T, H, MEAN, STD)
-    module = StudentModule(lambda n: Recorder(n, seed=0), num_classes=4, data_spec=spec, **kwargs)
+    module = cls(lambda n: Recorder(n, seed=0), num_classes=4, data_spec=spec, **kwargs)
     module._trainer = SimpleNamespace(global_step=0, global_rank=0)
     module.log = lambda *args, **kw: None
     return module
+
+
+attached_student = functools.partial(attached_module, StudentModule)
 
 
 def random_batch() -> dict:

@@ -15,10 +15,9 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.nn import functional as F
 
 from ..data.spec import DataSpec
-from ..tsgf import soft_label_kd, step_seed, student_mix
+from ..tsgf import mixed_cross_entropy, soft_label_kd, step_seed, student_mix
 from ..tsgf.mixing import MixMode
 from .classifier import Backbone, Schedule, VideoClassifierModule
 from .frozen import FrozenTeacher, checkpoint_record, load_teacher
@@ -142,8 +141,7 @@ class StudentModule(VideoClassifierModule):
         x, partner, frac = student_mix(x, mix, gen, self.data_spec.mean, self.data_spec.std, h.mix_alpha,
                                        h.window_length, h.window, h.eps, h.eps_mode)
         logits = self(x)
-        hard = ((1 - frac) * F.cross_entropy(logits, y, reduction="none")
-                + frac * F.cross_entropy(logits, y[partner], reduction="none")).mean()
+        hard = mixed_cross_entropy(logits, y, partner, frac)
         if h.labels == "soft":
             with torch.no_grad():
                 teacher_logits = self.teacher(x)

@@ -3,7 +3,7 @@ student's mix, KD loss, per-step seeds."""
 
 from tsgf_lightning.tsgf.bn_stats import BNStatistics
 from tsgf_lightning.tsgf.losses import soft_label_kd
-from tsgf_lightning.tsgf.mixing import student_mix
+from tsgf_lightning.tsgf.mixing import mixed_cross_entropy, student_mix
 from tsgf_lightning.tsgf.saliency import (
     frame_differences,
     key_frames,
@@ -22,6 +22,7 @@ __all__ = [
     "frame_differences",
     "gated_videomix",
     "key_frames",
+    "mixed_cross_entropy",
     "mixed_fraction",
     "saliency_threshold",
     "smooth_saliency",

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from ..video import denormalize
 from .saliency import EpsMode, Window, key_frames, temporal_saliency
@@ -47,3 +48,15 @@ def student_mix(video: Tensor, mode: MixMode, generator: torch.Generator, mean, 
     else:
         gate = torch.ones(B, T, dtype=torch.bool, device=video.device)
     return gated_videomix(video, partner, boxes, gate), partner, mixed_fraction(boxes, gate, H, W).to(video)
+
+
+def mixed_cross_entropy(logits: Tensor, labels: Tensor, partner: Tensor, fraction: Tensor,
+                        label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of mixed clips: each clip's loss on its own label and its partner's, weighted by voxel share.
+
+    ``(1 - fraction_i) * CE(logits_i, y_i) + fraction_i * CE(logits_i, y_partner_i)``, averaged over
+    the batch (the labels of :func:`student_mix`'s output; unmixed clips have ``fraction`` 0).
+    """
+    own = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    other = F.cross_entropy(logits, labels[partner], reduction="none", label_smoothing=label_smoothing)
+    return ((1 - fraction) * own + fraction * other).mean()
