@@ -47,12 +47,16 @@ real, hang = decoding.decode_clips, set(args["hang"])
 def decode_or_hang(path, *rest, **kwargs):
     if path in hang:
         time.sleep(3600)
+    time.sleep(args["slow"])
     return real(path, *rest, **kwargs)
 decoding.decode_clips = decode_or_hang
 items = [VideoItem(*v) for v in args["items"]]
 spec = cache.ClipSpec(4, (12, 16))
-print(cache.decode_shard(args["cache"], args["source"], "fit", items, spec, args["shard"], args["num_shards"],
-                         args["workers"], max_bad_fraction=0.2))
+if args["load"]:
+    print(cache.load_or_decode(args["cache"], args["source"], "fit", items, spec, args["workers"], 0.2).clips.sum())
+else:
+    print(cache.decode_shard(args["cache"], args["source"], "fit", items, spec, args["shard"], args["num_shards"],
+                             args["workers"], max_bad_fraction=0.2))
 """
 
 
@@ -82,9 +86,12 @@ def counted(monkeypatch) -> list[str]:
     return seen
 
 
-def child(cache: Path, items, env, shard=0, num_shards=1, hang=(), workers=1) -> subprocess.Popen:
+def child(cache: Path, items, env, shard=0, num_shards=1, hang=(), workers=1, slow=0.0,
+          load=False) -> subprocess.Popen:
+    """A process decoding a shard (``load``: the whole part, as a stage's DataModule does), ``slow`` s per video."""
     args = {"cache": str(cache), "source": SOURCE, "items": [[v.path, v.label, v.group] for v in items],
-            "shard": shard, "num_shards": num_shards, "hang": list(hang), "workers": workers}
+            "shard": shard, "num_shards": num_shards, "hang": list(hang), "workers": workers, "slow": slow,
+            "load": load}
     return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -233,6 +240,22 @@ def test_two_shard_processes_make_the_cache_one_process_makes(tmp_path, dozen, s
     published = [out.strip().splitlines()[-1] for out, _ in outs]
     assert {p for p in published if p != "None"} == {str(stored(cache_file(str(folder), SOURCE, "fit", dozen, SPEC)))}
     same_cache(folder, dozen, reference(tmp_path, dozen))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_two_processes_decoding_one_part_at_once_both_get_the_cache_one_process_makes(tmp_path, dozen,
+                                                                                       subprocess_env, workers):
+    """Pipeline stages started together decode the same part. The quick one finishes first and must not publish
+    (compacting over the unreadable video's row, then removing the rows file) while the slow one still writes."""
+    folder = tmp_path / "cache"
+    quick = child(folder, dozen, subprocess_env, workers=workers, load=True)
+    slow = child(folder, dozen, subprocess_env, workers=workers, slow=0.4, load=True)
+    outs = [p.communicate(timeout=300) for p in (quick, slow)]
+    assert [p.returncode for p in (quick, slow)] == [0, 0], outs
+    want = reference(tmp_path, dozen)
+    total = torch.load(want, weights_only=True)["clips"].sum()
+    assert [out.strip().splitlines()[-1] for out, _ in outs] == [f"tensor({total})"] * 2
+    same_cache(folder, dozen, want)
 
 
 def test_a_load_finishes_the_shards_nobody_decoded(tmp_path, dozen, counted):

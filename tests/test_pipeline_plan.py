@@ -47,6 +47,13 @@ def test_config_dir_lacking_a_config_is_named(tmp_path, tiny_dir, missing):
     ({"extra_methods": {"x": {"ipc": [1, 0]}}}, r"`ipc` of `extra_methods.x`.*>= 1 but got 0"),
     ({"extra_methods": {"x": {"ipc": [2, 2]}}}, r"`ipc` of `extra_methods.x`.*distinct"),
     ({"extra_methods": {"x": {"seeds": 0}}}, r"`seeds` of `extra_methods.x`.*>= 1 but got 0"),
+    ({"extra_methods": {"x": {"student": {"seed_everything": 3}}}}, r"`student` of `extra_methods.x`.*"
+     r"\['seed_everything'\], which the pipeline sets per seed"),
+    ({"extra_methods": {"x": {"synthesis": {"model.init_args.init_seed": 1, "model.init_args.ipc": 2}}},
+      "synthesis_per_seed": True},
+     r"`synthesis` of `extra_methods.x`.*\['model.init_args.init_seed', 'model.init_args.ipc'\]"),
+    ({"extra_methods": {"x": {"synthesis": {"model.init_args.init_seed": 1, "model.init_args.ipc": 2}}}},
+     r"`synthesis` of `extra_methods.x`.*\['model.init_args.ipc'\]"),  # a shared synthesis may pick its init
     ({"evaluate_on": "train"}, r"`evaluate_on`.*\['test', 'val'\] but got 'train'"),
     ({"split": "val"}, r"the key `split`, which is now `evaluate_on` \(test or val\): rename it"),
     ({"teacher": "t.ckpt", "methods": ["full", "tsgf"]}, r"`teacher`.*remove `full`"),

@@ -56,7 +56,18 @@ from .integrity import (
     require_writable,
     stored_caches,
 )
-from .partial import compact, compacted_through, lock_file, read_journals, remove_partial, rows_file, take_lock
+from .partial import (
+    compact,
+    compacted_through,
+    lock_file,
+    no_writers,
+    read_journals,
+    remove_partial,
+    rows_file,
+    take_lock,
+    writers_file,
+    writing,
+)
 from .sources import VideoItem
 from .sources.base import preview
 
@@ -105,11 +116,17 @@ def _publish(key: Path, items: Sequence[VideoItem], spec: ClipSpec, max_bad_frac
     Raises:
         RuntimeError: too many unreadable videos (the partial is removed: decoding again gives the same).
     """
-    shape, n = row_shape(spec), len(items)
+    n = len(items)
     if compacted_through(key) is None and len(read_journals(key, n)) < n:
         return None
-    if not take_lock(key):
-        return None
+    with no_writers(key) as alone:  # no process of this machine is writing rows, nor can start to
+        return _publish_alone(key, items, spec, max_bad_fraction, desc) if alone and take_lock(key) else None
+
+
+def _publish_alone(key: Path, items: Sequence[VideoItem], spec: ClipSpec, max_bad_fraction: float,
+                   desc: str) -> Path:
+    """:func:`_publish` holding both locks: the rows are complete and nobody writes them."""
+    shape, n = row_shape(spec), len(items)
     try:
         records = read_journals(key, n)
         if len(records) < n:  # journals lost after compaction began: the rows cannot be placed again
@@ -119,7 +136,7 @@ def _publish(key: Path, items: Sequence[VideoItem], spec: ClipSpec, max_bad_frac
         skipped = [items[i].path for i in range(n) if records[i][1] is not None]
         for i in range(n):
             if records[i][1] is not None:
-                warnings.warn(f"skipping unreadable video {records[i][1]}", stacklevel=4)
+                warnings.warn(f"skipping unreadable video {records[i][1]}", stacklevel=5)
         kept = [i for i in range(n) if records[i][1] is None]
         if skipped and (not kept or len(skipped) > max_bad_fraction * n):
             remove_partial(key)
@@ -165,9 +182,27 @@ def decode_shard(cache_dir: str, source_key: dict, part: str, items: Sequence[Vi
     require_writable(key)
     rows = shard_rows(len(items), shard, num_shards)
     desc = f"decoding {part} shard {shard + 1}/{num_shards} ({len(rows)} of {len(items)} videos)"
-    decode_rows(key, items, spec, rows, workers or default_workers(), shard, num_shards, desc)
-    done = next((p for p in stored_caches(key) if has_record(p)), None)
-    return done or _publish(key, items, spec, max_bad_fraction, desc)
+    _write_rows(key, items, spec, rows, workers, shard, num_shards, desc)
+    return _published(key) or _publish(key, items, spec, max_bad_fraction, desc)
+
+
+def _published(key: Path) -> Path | None:
+    return next((p for p in stored_caches(key) if has_record(p)), None)
+
+
+def _write_rows(key: Path, items: Sequence[VideoItem], spec: ClipSpec, rows: range, workers: int | None, shard: int,
+                num_shards: int, desc: str, again: bool = True) -> None:
+    """:func:`~.decoding.decode_rows` under the shared writers lock, unless the part is published already.
+
+    ``again=False``: only if the journals lack a row (a publisher that failed removed the partial); a
+    process waiting for another to publish thus does not re-read every row each time it looks.
+    """
+    with writing(key):
+        if _published(key) is not None:
+            writers_file(key).unlink(missing_ok=True)  # made again by this lock; nobody needs it once published
+            return
+        if again or (compacted_through(key) is None and len(read_journals(key, len(items))) < len(items)):
+            decode_rows(key, items, spec, rows, workers or default_workers(), shard, num_shards, desc)
 
 
 def decode_part(items: Sequence[VideoItem], spec: ClipSpec, workers: int | None = None,
@@ -188,13 +223,13 @@ def decode_part(items: Sequence[VideoItem], spec: ClipSpec, workers: int | None 
         key = key or Path(scratch) / "part.pt"
         waited = False
         while True:
-            decode_rows(key, items, spec, range(len(items)), workers or default_workers(), 0, 1, desc)
-            final = _publish(key, items, spec, max_bad_fraction, desc)
-            final = final or next((p for p in stored_caches(key) if has_record(p)), None)
+            _write_rows(key, items, spec, range(len(items)), workers, 0, 1, desc, again=not waited)
+            final = _published(key) or _publish(key, items, spec, max_bad_fraction, desc) or _published(key)
             if final is not None:
                 return DecodedPart(**torch.load(final, mmap=True, weights_only=True))
             if not waited:
-                warnings.warn(f"waiting for the process holding {lock_file(key)} to publish {key.name}", stacklevel=2)
+                warnings.warn(f"waiting for another process decoding {key.name} (this one's rows are done) to "
+                              f"finish writing and publish it (lock {lock_file(key)})", stacklevel=2)
                 waited = True
             time.sleep(1.0)
 

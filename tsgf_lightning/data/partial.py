@@ -17,6 +17,10 @@ Beside the cache keyed ``{key}.pt`` (:func:`~.cache.cache_file`) a decode keeps,
 - ``.{key}.compact``: progress of moving the kept rows down over the unreadable videos' rows, in
   place (:func:`compact`), so the finished tensor is contiguous without a second copy of the part.
 - ``.{key}.lock``: held by the one process that compacts and publishes (:func:`take_lock`).
+- ``.{key}.writers``: an advisory lock (``flock``) that processes writing rows hold shared and the
+  publisher holds exclusive (:func:`writing`, :func:`no_writers`), so two processes of one machine that
+  decode the same part at once (pipeline stages started together) never write a row into a file being
+  compacted, published or removed; the later one then loads what the first published.
 
 The names derive from the key, which hashes every input of the clips: a changed dataset or
 setting never resumes a wrong partial. None of them is a save temporary
@@ -26,10 +30,12 @@ not removed.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..atomic import host_name
@@ -63,9 +69,14 @@ def lock_file(key: Path) -> Path:
     return key.with_name(f".{key.stem}.lock")
 
 
+def writers_file(key: Path) -> Path:
+    return key.with_name(f".{key.stem}.writers")
+
+
 def partial_files(key: Path) -> list[Path]:
     """Every file of the key's partial state that exists (the lock last: removing it ends a publish)."""
-    return [p for p in (rows_file(key), *journals(key), compact_file(key), lock_file(key)) if p.exists()]
+    return [p for p in (rows_file(key), *journals(key), compact_file(key), writers_file(key), lock_file(key))
+            if p.exists()]
 
 
 def remove_partial(key: Path) -> None:
@@ -267,3 +278,46 @@ def take_lock(key: Path) -> bool:
         os.close(fd)
         return True
     return False
+
+
+def _locked(key: Path, how: int) -> int | None:
+    """An fd of the key's writers file holding ``flock(how)``; None if ``how`` is non-blocking and refused.
+
+    The file may be removed (with the partial) by the process that held it exclusively: a lock taken on
+    a file no longer at the path locks nothing another process can see, so it is taken again on the new one.
+    """
+    path = writers_file(key)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, how)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextmanager
+def writing(key: Path) -> Iterator[None]:
+    """Hold the key's writers lock shared while rows are written (waits for a publish in progress)."""
+    fd = _locked(key, fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def no_writers(key: Path) -> Iterator[bool]:
+    """Hold the key's writers lock exclusive, if no process of this machine is writing rows: yields whether."""
+    fd = _locked(key, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)

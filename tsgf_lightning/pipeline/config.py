@@ -157,14 +157,24 @@ def check_int(where: str, value, low: int) -> int:
     return value
 
 
-def _overrides(where: str, value) -> dict:
+#: Keys the pipeline sets per stage (seed s, IPC k): a method's override would give every seed (or IPC) one value,
+#: so its rows would repeat one run under several labels and its paired differences would pair nothing. A
+#: synthesis's seeds are the pipeline's only with ``synthesis_per_seed`` (else one shared run may set its own).
+STUDENT_OWNED = ("seed_everything", "model.init_args.seed", "data.subset_seed", "data.ipc")
+SYNTHESIS_OWNED = ("model.init_args.ipc", "seed_everything", "model.init_args.init_seed", "model.init_args.seed")
+
+
+def _overrides(where: str, value, owned: tuple[str, ...] = ()) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) and k and not k.startswith("-") for k in value):
         raise PipelineError(f"Expected {where} to be a mapping of dotted config keys (model.init_args.mix: none) "
                             f"to values but got {value!r}")
+    if any(k in owned for k in value):
+        raise PipelineError(f"{where} sets {[k for k in value if k in owned]}, which the pipeline sets per seed and "
+                            "IPC (`seeds`, `ipc`, the method's own `seeds`/`ipc`): remove it")
     return dict(value)
 
 
-def _extra_method(path: Path, name, spec, selections: tuple[str, ...]) -> Method:
+def _extra_method(path: Path, name, spec, selections: tuple[str, ...], per_seed: bool) -> Method:
     where = f"`extra_methods.{name}` in {path}"
     if not isinstance(name, str) or not _NAME.match(name):
         raise PipelineError(f"Expected method names in `extra_methods` of {path} to be file-name safe "
@@ -194,8 +204,9 @@ def _extra_method(path: Path, name, spec, selections: tuple[str, ...]) -> Method
                                 f"but got {spec.get('ipc')!r}")
         ipc = tuple(sorted(check_int(f"every `ipc` of {where}", k, 1) for k in ipc))
     seeds = None if spec.get("seeds") is None else check_int(f"`seeds` of {where}", spec["seeds"], 1)
-    return Method(name, select, _overrides(f"`synthesis` of {where}", spec.get("synthesis") or {}),
-                  _overrides(f"`student` of {where}", spec.get("student") or {}), ipc, seeds, distiller)
+    owned = SYNTHESIS_OWNED if per_seed else SYNTHESIS_OWNED[:1]
+    return Method(name, select, _overrides(f"`synthesis` of {where}", spec.get("synthesis") or {}, owned),
+                  _overrides(f"`student` of {where}", spec.get("student") or {}, STUDENT_OWNED), ipc, seeds, distiller)
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
@@ -229,7 +240,10 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     if not isinstance(extra_raw, dict):
         raise PipelineError(f"Expected `extra_methods` in {path} to be a mapping name -> spec but got {extra_raw!r}")
     selections = _real_selections() if extra_raw else ()  # imports torch: only when there is something to check
-    extra = {name: _extra_method(path, name, spec, selections) for name, spec in extra_raw.items()}
+    per_seed = raw.get("synthesis_per_seed", False)
+    if not isinstance(per_seed, bool):
+        raise PipelineError(f"Expected `synthesis_per_seed` in {path} to be true or false but got {per_seed!r}")
+    extra = {name: _extra_method(path, name, spec, selections, per_seed) for name, spec in extra_raw.items()}
     known = {**BUILTIN_METHODS, **extra}
     names = raw.get("methods", list(DEFAULT_METHODS))
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -253,9 +267,6 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
             raise PipelineError(f"`teacher` in {path} reuses an existing teacher, so there is no teacher stage to "
                                 "report as `full`: remove `full` from `methods`")
         teacher = Path(os.path.abspath(teacher))  # not resolve(): last.ckpt is a link that moves on
-    per_seed = raw.get("synthesis_per_seed", False)
-    if not isinstance(per_seed, bool):
-        raise PipelineError(f"Expected `synthesis_per_seed` in {path} to be true or false but got {per_seed!r}")
     protocols = raw.get("protocols", ["tsgf"])
     if (not isinstance(protocols, list) or not protocols or any(p not in PROTOCOLS for p in protocols)
             or len(set(protocols)) != len(protocols)):
