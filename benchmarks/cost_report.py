@@ -71,12 +71,14 @@ def markdown(rows: list[dict], meta: dict, n_experts: int) -> str:
 
 
 def synthesis_wall(rows: list[dict], n_experts: int) -> dict[tuple, float]:
-    """Extrapolated wall time per (method, ipc, frames); MTT's includes its experts (they are part of its cost)."""
+    """Extrapolated wall time per (method, ipc, frames); MTT's includes its experts (they are part of its cost),
+    so an MTT row whose frame count has no measured experts row has none (it would look cheaper than it is)."""
     experts = {r["frames"]: r["wall_to_budget_s"] * n_experts for r in rows
                if r["method"] == EXPERTS_ROW and "error" not in r}
-    return {(r["method"], r["ipc"], r["frames"]): r["wall_to_budget_s"] + (experts.get(r["frames"], 0.0)
+    return {(r["method"], r["ipc"], r["frames"]): r["wall_to_budget_s"] + (experts[r["frames"]]
                                                                             if r["method"] == "mtt" else 0.0)
-            for r in rows if r["method"] != EXPERTS_ROW and "error" not in r}
+            for r in rows if r["method"] != EXPERTS_ROW and "error" not in r
+            and (r["method"] != "mtt" or r["frames"] in experts)}
 
 
 def figure1_points(cost_rows, accuracy_rows, n_experts: int = 2, frames: int | None = None) -> list[dict]:
@@ -98,7 +100,8 @@ def figure1_points(cost_rows, accuracy_rows, n_experts: int = 2, frames: int | N
         accuracy.setdefault((a["method"], a["ipc"]), 100 * float(a["top1_mean"]))
     return [{"method": r["method"], "ipc": r["ipc"], "frames": frames, "wall_s": walls[(r["method"], r["ipc"], frames)],
              "top1": accuracy[(r["method"], r["ipc"])], "memory_mb": r.get("cuda_max_allocated_mb", r["peak_rss_mb"])}
-            for r in cost_rows if r["frames"] == frames and (r["method"], r["ipc"]) in accuracy]
+            for r in cost_rows if r["frames"] == frames and (r["method"], r["ipc"]) in accuracy
+            and (r["method"], r["ipc"], frames) in walls]
 
 
 def figure1(cost_rows, accuracy_rows, path, n_experts: int = 2, frames: int | None = None) -> Path | None:

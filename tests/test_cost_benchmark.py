@@ -75,6 +75,10 @@ def test_mtt_pays_for_its_experts_and_the_figure_takes_one_frame_count():
     assert points["mtt"]["wall_s"] == 550.0 and points["dm"]["memory_mb"] == 123.0  # CUDA's peak when measured
     assert [p["wall_s"] for p in figure1_points(rows, accuracy, 3, frames=16)] == [900.0]
     assert figure1(rows, [{"method": "herding", "ipc": 1, "top1_mean": 0.3}], "unused.png") is None
+    # without its experts' row MTT's cost is unknown: no wall time, no point (not a cheaper-looking one)
+    no_experts = [r for r in rows if r["method"] != EXPERTS_ROW]
+    assert ("mtt", 1, 8) not in synthesis_wall(no_experts, 3)
+    assert sorted(p["method"] for p in figure1_points(no_experts, accuracy, 3)) == ["dm", "tsgf"]
 
 
 def test_a_real_run_measures_each_method_in_its_own_process_and_draws_figure1(tmp_path, tiny_embedded,

@@ -28,6 +28,7 @@ from tsgf_lightning.data.partial import (
     compact_file,
     encode_record,
     journals,
+    no_writers,
     partial_files,
     read_journal,
     read_journals,
@@ -256,6 +257,35 @@ def test_two_processes_decoding_one_part_at_once_both_get_the_cache_one_process_
     total = torch.load(want, weights_only=True)["clips"].sum()
     assert [out.strip().splitlines()[-1] for out, _ in outs] == [f"tensor({total})"] * 2
     same_cache(folder, dozen, want)
+
+
+def test_a_killed_decoder_does_not_leave_its_part_locked_through_the_workers_it_forked(tmp_path, subprocess_env):
+    """Decode workers are forked while the writers lock is held; a SIGKILL of the decoding process alone (a
+    pipeline stopping its stage, the OOM killer) leaves them alive. They must not keep the part locked."""
+    key = tmp_path / "part.pt"
+    code = f"""
+import os, signal, sys, time
+from pathlib import Path
+from tsgf_lightning.data.partial import writing
+with writing(Path({str(key)!r})):
+    child = os.fork()
+    if child == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1), os.dup2(null, 2)  # let the test read the parent's output without waiting for this one
+        time.sleep(120)
+        os._exit(0)
+    print(child, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True,
+                          timeout=120)
+    orphan = int(proc.stdout.split()[0])
+    try:
+        assert proc.returncode == -signal.SIGKILL and os.kill(orphan, 0) is None  # the forked worker lives on
+        with no_writers(key) as alone:
+            assert alone
+    finally:
+        os.kill(orphan, signal.SIGKILL)
 
 
 def test_a_load_finishes_the_shards_nobody_decoded(tmp_path, dozen, counted):

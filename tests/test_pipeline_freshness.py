@@ -161,11 +161,16 @@ def test_a_dataset_with_new_timestamps_but_the_same_bytes_keeps_every_finished_s
 
 def _forget_in_record(result: Path, key: str) -> str:
     """Make ``result``'s recorded fingerprint predate the option ``key`` (as a run by an older version); its digest."""
+    return _rewrite_record(result, lambda record: record["config"].pop(key))
+
+
+def _rewrite_record(result: Path, change) -> str:
+    """Apply ``change`` to ``result``'s recorded fingerprint (as an older version would have written it); its digest."""
     import hashlib
 
     data = json.loads(result.read_text())
     record = data["fingerprint"]
-    del record["config"][key]
+    change(record)
     body = {"config": record["config"], "inputs": record["inputs"]}
     record["digest"] = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     result.write_text(json.dumps(data))
@@ -186,6 +191,21 @@ def test_a_new_option_at_its_default_keeps_finished_stages_and_away_from_it_reru
     status = current_statuses(cfg, out)
     assert status["synthesis_ipc1"].state == "stale" and f"{key}: <unset> -> 0.6" in status["synthesis_ipc1"].reasons
     assert all(status[n].state == "stale" for n in TSGF_STUDENTS)
+
+
+def test_a_hard_label_student_that_recorded_a_teacher_stays_done_and_a_soft_one_without_it_reruns(copied):
+    """Older versions passed (and fingerprinted) the teacher to hard-label students, which ask it nothing."""
+    cfg, out = copied
+    hard, soft = "student_random_ipc1_seed0", "student_random+student_ipc1_seed0"
+    stages = {st.name: st for st in plan(cfg, out, load_pipeline_config(cfg / "pipeline.yaml"))}
+    assert "teacher" not in json.loads(stages[hard].result.read_text())["fingerprint"]["inputs"]
+    recorded = _rewrite_record(stages[hard].result, lambda r: r["inputs"].update(teacher="0" * 64))
+    _rewrite_record(stages[soft].result, lambda r: r["inputs"].pop("teacher"))
+    status = current_statuses(cfg, out)
+    assert status[hard].state == "done" and status[hard].digest == recorded
+    assert status[hard].reasons == ["no longer reads the teacher checkpoint (hard labels)"]
+    assert status[soft].state == "stale" and "teacher checkpoint changed" in status[soft].reasons
+    assert {status[n].state for n in status if n not in (soft,)} == {"done"}
 
 
 def test_new_at_default_against_the_signatures():

@@ -89,9 +89,9 @@ def stage_status(stage, resolved: dict, rerun: set[str]) -> Status:
         recorded = recorded if isinstance(recorded, dict) else None
         if recorded is not None and recorded.get("digest") == current["digest"]:
             return Status("done", [], current["digest"])
-        added = _new_options_only(recorded, current, resolved)
-        if added is not None:  # the recorded digest stays the result's provenance
-            return Status("done", [f"new option(s) at their default: {', '.join(added)}"], recorded["digest"])
+        still = _still_this_stage(recorded, current, resolved)
+        if still is not None:  # the recorded digest stays the result's provenance
+            return Status("done", still, recorded["digest"])
         return Status("stale", changes(recorded, current), current["digest"])
     here = run_dir(stage)
     if not (here / FINGERPRINT_FILE).exists():
@@ -112,15 +112,28 @@ def _same_stage(recorded: dict | None, current: dict, resolved: dict) -> bool:
     """Whether an interrupted run's recorded fingerprint is the current one's stage: equal, or only new options
     at their default."""
     return recorded is not None and (recorded.get("digest") == current["digest"]
-                                     or _new_options_only(recorded, current, resolved) is not None)
+                                     or _still_this_stage(recorded, current, resolved) is not None)
 
 
-def _new_options_only(recorded: dict | None, current: dict, resolved: dict) -> list[str] | None:
-    """The keys ``current`` adds to ``recorded``, when they are its only difference and all at their code
-    default (:func:`~tsgf_lightning.config_defaults.new_at_default`); else None."""
-    if not recorded or recorded.get("inputs") != current["inputs"] or not isinstance(recorded.get("config"), dict):
+def _still_this_stage(recorded: dict | None, current: dict, resolved: dict) -> list[str] | None:
+    """Why a recorded fingerprint other than the current one still describes this stage, or None if it does not.
+
+    Two differences made by newer versions change nothing a stage computes: options ``current`` adds at
+    their code default (:func:`~tsgf_lightning.config_defaults.new_at_default`), and a hard-label
+    student's teacher checkpoint, which older versions passed it (and fingerprinted) though it asks the
+    teacher nothing.
+    """
+    if not recorded or not isinstance(recorded.get("config"), dict):
         return None
-    return new_at_default(recorded["config"], current["config"], resolved)
+    inputs, reasons = dict(recorded.get("inputs") or {}), []
+    if ("teacher" in inputs and "teacher" not in current["inputs"]
+            and (resolved.get("model") or {}).get("init_args", {}).get("labels") == "hard"):
+        del inputs["teacher"]
+        reasons.append("no longer reads the teacher checkpoint (hard labels)")
+    added = new_at_default(recorded["config"], current["config"], resolved) if inputs == current["inputs"] else None
+    if added is None:
+        return None
+    return ([f"new option(s) at their default: {', '.join(added)}"] if added else []) + reasons
 
 
 def _recorded(path: Path) -> dict | None:

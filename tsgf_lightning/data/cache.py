@@ -124,11 +124,14 @@ def _publish(key: Path, items: Sequence[VideoItem], spec: ClipSpec, max_bad_frac
 
 
 def _publish_alone(key: Path, items: Sequence[VideoItem], spec: ClipSpec, max_bad_fraction: float,
-                   desc: str) -> Path:
+                   desc: str) -> Path | None:
     """:func:`_publish` holding both locks: the rows are complete and nobody writes them."""
     shape, n = row_shape(spec), len(items)
     try:
         records = read_journals(key, n)
+        if _published(key) is not None or (len(records) < n and compacted_through(key) is None):
+            writers_file(key).unlink(missing_ok=True)  # made again by our lock
+            return _published(key)  # another process published (and removed the partial) since we looked
         if len(records) < n:  # journals lost after compaction began: the rows cannot be placed again
             remove_partial(key)
             raise RuntimeError(f"the journals of the partial decode of {key} were damaged during compaction; it "

@@ -89,11 +89,8 @@ def content_digests(paths: Sequence[str]) -> list[str | None]:
         current = {p: k for p, k in zip(paths, keys) if k is not None}
         # Entries for these paths under an older stat are dead: drop them so the memo does not grow.
         kept = {k: v for k, v in _read_memo(where).items() if current.get(k.rsplit("|", 3)[0], k) == k}
-        merged = {**kept, **fresh}
-        try:
-            write_json_atomic(merged, where)
-            st = os.stat(where)
-            _PARSED[where.as_posix()] = ((st.st_size, st.st_mtime_ns, st.st_ino), merged)
+        try:  # not remembered as parsed: another process may replace the file before we could stat ours
+            write_json_atomic({**kept, **fresh}, where)
         except OSError:
             pass
     known = {**memo, **fresh}

@@ -17,10 +17,12 @@ Beside the cache keyed ``{key}.pt`` (:func:`~.cache.cache_file`) a decode keeps,
 - ``.{key}.compact``: progress of moving the kept rows down over the unreadable videos' rows, in
   place (:func:`compact`), so the finished tensor is contiguous without a second copy of the part.
 - ``.{key}.lock``: held by the one process that compacts and publishes (:func:`take_lock`).
-- ``.{key}.writers``: an advisory lock (``flock``) that processes writing rows hold shared and the
-  publisher holds exclusive (:func:`writing`, :func:`no_writers`), so two processes of one machine that
-  decode the same part at once (pipeline stages started together) never write a row into a file being
-  compacted, published or removed; the later one then loads what the first published.
+- ``.{key}.writers``: an advisory lock that processes writing rows hold shared and the publisher holds
+  exclusive (:func:`writing`, :func:`no_writers`), so two processes that decode the same part at once
+  (pipeline stages started together) never write a row into a file being compacted, published or
+  removed; the later one then loads what the first published. A POSIX record lock (``lockf``), not
+  ``flock``: it is the process's own, so the decode workers a process forks do not inherit it, and a
+  killed process's lock goes with it even while orphaned workers live on.
 
 The names derive from the key, which hashes every input of the clips: a changed dataset or
 setting never resumes a wrong partial. None of them is a save temporary
@@ -30,6 +32,7 @@ not removed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -281,7 +284,10 @@ def take_lock(key: Path) -> bool:
 
 
 def _locked(key: Path, how: int) -> int | None:
-    """An fd of the key's writers file holding ``flock(how)``; None if ``how`` is non-blocking and refused.
+    """An fd of the key's writers file holding ``lockf(how)``; None if ``how`` is non-blocking and refused.
+
+    (A process must not open the file elsewhere while it holds the lock: closing any of its fds of a file
+    drops all of its POSIX locks on it.)
 
     The file may be removed (with the partial) by the process that held it exclusively: a lock taken on
     a file no longer at the path locks nothing another process can see, so it is taken again on the new one.
@@ -290,10 +296,12 @@ def _locked(key: Path, how: int) -> int | None:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, how)
-        except BlockingIOError:
+            fcntl.lockf(fd, how)
+        except OSError as err:
             os.close(fd)
-            return None
+            if err.errno in (errno.EACCES, errno.EAGAIN):
+                return None
+            raise
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
