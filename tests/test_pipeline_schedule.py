@@ -183,6 +183,54 @@ def test_sigterm_stops_the_running_stage_and_says_how_to_resume(tmp_path):
     assert time.time() - start < 15 and not st.result.exists()
 
 
+FORKING = """
+import os, signal, sys, time
+if os.fork() == 0:  # a worker that outlives SIGTERM, as decode workers and DDP ranks can
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(sys.argv[1], "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+    os._exit(0)
+time.sleep(120)
+"""
+
+
+@dataclass(frozen=True)
+class Forking(Stage):
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", FORKING, str(self.result.parent / "worker.pid")]
+
+
+def test_a_stopped_stage_takes_the_processes_it_started_with_it(tmp_path):
+    st = Forking("a", "a", "synthesis", (), (), tmp_path / "a" / "result.json")
+    st.result.parent.mkdir(parents=True)
+    pid_file = st.result.parent / "worker.pid"
+
+    def interrupt() -> None:
+        while not pid_file.exists() or not pid_file.read_text():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    timer = threading.Thread(target=interrupt, daemon=True)
+    try:
+        with sigterm_raises(), pytest.raises(PipelineError, match="interrupted during stage a"):
+            timer.start()
+            Scheduler(tmp_path / "logs", jobs=1, bar=False).run([st], {"a": "a"})
+    finally:
+        worker = int(pid_file.read_text())
+    for _ in range(100):  # killed: gone, or a zombie where nothing reaps the orphan
+        try:
+            os.kill(worker, 0)
+            if open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the stage's worker outlived the stage")
+
+
 def test_a_stage_wanting_more_gpus_than_there_are_is_refused_before_anything(tmp_path, tiny_embedded,
                                                                              shared_cache_dir, capsys):
     cfg = make_config_dir(tmp_path / "cfg", tiny_embedded, shared_cache_dir,

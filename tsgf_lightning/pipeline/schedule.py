@@ -66,7 +66,12 @@ def threads_per_job(jobs: int) -> int:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (Lightning stops at the next batch and exits), then SIGKILL after 30 s."""
+    """SIGTERM (Lightning stops at the next batch and exits), then SIGKILL after 30 s; then whatever it started.
+
+    A stage runs in a session of its own, so its decode workers, DataLoader workers and DDP ranks are
+    its process group: they are killed with it instead of living on as orphans (holding memory, and
+    decode workers still writing rows).
+    """
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -74,6 +79,10 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # nothing of the group is left
+        pass
 
 
 def tail(path: Path, n: int = 15) -> str:
@@ -242,7 +251,7 @@ class Scheduler:
             reader.seek(0, os.SEEK_END)
         try:
             proc = subprocess.Popen(st.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, pass_fds=self.pass_fds)
+                                    env=env, pass_fds=self.pass_fds, start_new_session=True)  # see stop()
         except OSError:
             log.close()
             if reader is not None:
