@@ -279,6 +279,7 @@ def test_paired_differences_against_a_naive_computation(tmp_path):
     text = paths["md"].read_text()
     assert "## Paired differences" in text and f"{100 * mean:+.1f} ± {100 * se:.1f}" in text
     assert json.loads(paths["paired"].read_text())[0]["diffs"] == pytest.approx(d)
+    assert paths["paired_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(paired.png)" in text
 
 
 def runs_with_top5(runs):

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .atomic import write_text_atomic
-from .paired import paired_markdown
+from .paired import paired_markdown, plot_paired
 
 ROW_KEYS = ("method", "ipc", "arch", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std")
 #: Written when known: ``fingerprints``, the short fingerprint digest of each run aggregated in the row
@@ -231,8 +231,8 @@ def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence
     """Write ``results.json``, ``results.md``, ``accuracy_vs_ipc.png`` and (optionally) ``summary/`` under ``out_dir``.
 
     ``evaluate_on`` names what the accuracies were measured on (``test``, or ``val`` for a settings search).
-    ``paired`` rows (:func:`~tsgf_lightning.paired.paired_differences`) go to ``paired.json`` and a
-    section of ``results.md``.
+    ``paired`` rows (:func:`~tsgf_lightning.paired.paired_differences`) go to ``paired.json``, a
+    section of ``results.md`` and ``paired.png`` (:func:`~tsgf_lightning.paired.plot_paired`).
 
     Returns:
         The written paths by name (``json``, ``md``, ``png``, and ``tensorboard`` when written).
@@ -243,9 +243,10 @@ def write_results(out_dir: str | Path, rows: Sequence[Mapping], stages: Sequence
     write_text_atomic(paths["json"], json.dumps(rows, indent=2) + "\n")
     markdown = results_markdown(rows, stages, evaluate_on, skipped)
     if paired:
-        paths["paired"] = out / "paired.json"
+        paths["paired"], paths["paired_png"] = out / "paired.json", out / "paired.png"
         write_text_atomic(paths["paired"], json.dumps(list(paired), indent=2) + "\n")
-        markdown += paired_markdown(paired, evaluate_on)
+        markdown += paired_markdown(paired, evaluate_on) + "\n![paired differences](paired.png)\n"
+        plot_paired(paired, paths["paired_png"], evaluate_on)
     write_text_atomic(paths["md"], markdown)
     plot_accuracy_vs_ipc(rows, paths["png"], evaluate_on=evaluate_on)
     if tensorboard:
