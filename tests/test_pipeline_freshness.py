@@ -23,6 +23,8 @@ from .pipeline_utils import FOUR, make_config_dir, run_cli
 
 STUDENTS = [f"student_{m}_ipc1_seed{s}" for m in FOUR[1:] for s in (0, 1)]
 TSGF_STUDENTS = ["student_tsgf_ipc1_seed0", "student_tsgf_ipc1_seed1"]
+#: The students that read the teacher: `random`'s hard labels ask it nothing, so a new teacher leaves them done.
+SOFT_STUDENTS = [n for n in STUDENTS if not n.startswith("student_random_")]
 
 
 @pytest.fixture
@@ -120,7 +122,8 @@ def test_a_composed_config_has_the_fingerprint_of_one_file_holding_the_same_valu
 
 
 @pytest.mark.parametrize("file, key, value, stale, reason", [
-    ("teacher.yaml", "trainer.max_epochs", 2, ["teacher", "synthesis_ipc1", *STUDENTS], "trainer.max_epochs: 1 -> 2"),
+    ("teacher.yaml", "trainer.max_epochs", 2, ["teacher", "synthesis_ipc1", *SOFT_STUDENTS],
+     "trainer.max_epochs: 1 -> 2"),
     ("synthesis.yaml", "trainer.max_steps", 4, ["synthesis_ipc1", *TSGF_STUDENTS], "trainer.max_steps: 3 -> 4"),
     ("synthesis.yaml", "model.init_args.lr", 0.5, ["synthesis_ipc1", *TSGF_STUDENTS],
      "model.init_args.lr: 0.01 -> 0.5"),

@@ -74,13 +74,13 @@ def test_teacher_is_frozen_through_synthesis(world, tmp_path) -> None:
     # Outside the module tree: no submodule, parameter or state-dict entry of the module is the teacher's.
     assert not {id(p) for p in module.teacher.net.parameters()} & {id(p) for p in module.parameters()}
     assert not any(m is module.teacher.net for m in module.modules())
-    assert sorted(module.state_dict()) == ["global_index", "labels", "videos"]
+    assert sorted(module.state_dict()) == ["global_index", "labels", "moved_frames", "videos"]
 
 
 def test_a_synthesis_checkpoint_holds_no_teacher_and_only_plain_types(world, tmp_path) -> None:
     fit_synthesis(world, tmp_path, max_steps=1, ckpt_every=1)
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)  # would refuse a DataSpec object
-    assert sorted(ckpt["state_dict"]) == ["global_index", "labels", "videos"]
+    assert sorted(ckpt["state_dict"]) == ["global_index", "labels", "moved_frames", "videos"]
     assert "data_spec" not in ckpt["hyper_parameters"] and ckpt["hyper_parameters"]["ipc"] == IPC
     record = ckpt["tsgf"]
     assert (record["class_names"], record["mean"], record["std"]) == (THREE, list(IMAGENET_MEAN), list(IMAGENET_STD))
