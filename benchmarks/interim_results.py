@@ -14,7 +14,6 @@ fingerprint as its config and inputs give now): a stale result is never reported
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ def interim(config_dir: Path, out: Path, to: Path, argv: list[str]) -> dict:
     from tsgf_lightning.paired import paired_differences
     from tsgf_lightning.pipeline import load_pipeline_config, plan, resolve_stages
     from tsgf_lightning.pipeline.collect import collect_runs
+    from tsgf_lightning.pipeline.run import _read_stages
     from tsgf_lightning.results import aggregate, write_results
 
     cfg = load_pipeline_config(config_dir / "pipeline.yaml")
@@ -36,8 +36,7 @@ def interim(config_dir: Path, out: Path, to: Path, argv: list[str]) -> dict:
     done = [st for st in stages if status[st.name].state == "done"]
     missing = [st for st in stages if status[st.name].state != "done"]
     runs = collect_runs(cfg, done)
-    recorded = {r["stage"]: r for r in json.loads((out / "stages.json").read_text())} \
-        if (out / "stages.json").is_file() else {}
+    recorded = _read_stages(out / "stages.json")  # the pipeline's own reader of its stage records
     records = [recorded[st.name] for st in done if st.name in recorded]
     paths = write_results(to, aggregate(runs), records, tensorboard=False, evaluate_on=cfg.evaluate_on,
                           paired=paired_differences(runs, cfg.pairs))

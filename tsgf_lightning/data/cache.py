@@ -129,9 +129,10 @@ def _publish_alone(key: Path, items: Sequence[VideoItem], spec: ClipSpec, max_ba
     shape, n = row_shape(spec), len(items)
     try:
         records = read_journals(key, n)
-        if _published(key) is not None or (len(records) < n and compacted_through(key) is None):
+        done = _published(key)
+        if done is not None or (len(records) < n and compacted_through(key) is None):
             writers_file(key).unlink(missing_ok=True)  # made again by our lock
-            return _published(key)  # another process published (and removed the partial) since we looked
+            return done  # another process published (and removed the partial) since we looked
         if len(records) < n:  # journals lost after compaction began: the rows cannot be placed again
             remove_partial(key)
             raise RuntimeError(f"the journals of the partial decode of {key} were damaged during compaction; it "
