@@ -49,6 +49,8 @@ def test_config_dir_lacking_a_config_is_named(tmp_path, tiny_dir, missing):
     ({"extra_methods": {"x": {"seeds": 0}}}, r"`seeds` of `extra_methods.x`.*>= 1 but got 0"),
     ({"extra_methods": {"x": {"student": {"seed_everything": 3}}}}, r"`student` of `extra_methods.x`.*"
      r"\['seed_everything'\], which the pipeline sets per seed"),
+    ({"extra_methods": {"x": {"student": {"model.init_args": {"seed": 1}, "data": {"ipc": 2}}}}},
+     r"`student` of `extra_methods.x`.*\['data.ipc', 'model.init_args.seed'\]"),  # nested mappings too
     ({"extra_methods": {"x": {"synthesis": {"model.init_args.init_seed": 1, "model.init_args.ipc": 2}}},
       "synthesis_per_seed": True},
      r"`synthesis` of `extra_methods.x`.*\['model.init_args.init_seed', 'model.init_args.ipc'\]"),

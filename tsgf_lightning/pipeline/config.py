@@ -168,10 +168,20 @@ def _overrides(where: str, value, owned: tuple[str, ...] = ()) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) and k and not k.startswith("-") for k in value):
         raise PipelineError(f"Expected {where} to be a mapping of dotted config keys (model.init_args.mix: none) "
                             f"to values but got {value!r}")
-    if any(k in owned for k in value):
-        raise PipelineError(f"{where} sets {[k for k in value if k in owned]}, which the pipeline sets per seed and "
+    hits = [k for k in _dotted_keys(value) if k in owned]
+    if hits:
+        raise PipelineError(f"{where} sets {hits}, which the pipeline sets per seed and "
                             "IPC (`seeds`, `ipc`, the method's own `seeds`/`ipc`): remove it")
     return dict(value)
+
+
+def _dotted_keys(value: dict, prefix: str = ""):
+    """Every key an override sets, nested mappings spelled out: ``{"model.init_args": {"seed": 1}}`` sets
+    ``model.init_args`` and ``model.init_args.seed``."""
+    for k, v in value.items():
+        yield prefix + k
+        if isinstance(v, dict):
+            yield from _dotted_keys({str(sub): w for sub, w in v.items()}, f"{prefix}{k}.")
 
 
 def _extra_method(path: Path, name, spec, selections: tuple[str, ...], per_seed: bool) -> Method:
