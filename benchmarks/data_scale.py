@@ -17,7 +17,7 @@ counted. Clips/s is N over the wall time of step 1 or 2 inside its process (impo
 
 Before both, every video of the size is read once, so neither decode pays for cold reads of the files
 the other has just read (the first measured run, project first, would otherwise pay them alone), and the
-plain loop runs unmeasured on 2,000 of them (this shared machine runs its first seconds after a pause up
+plain loop runs unmeasured on up to 2,000 of them (this shared machine runs its first seconds after a pause up
 to 2x slower). Then (project, plain) pairs run back to back until the project side has run
 ``--min-seconds`` (at most ``--max-pairs`` pairs): short sizes are repeated, and the table gives medians.
 Generated videos are kept under ``--root`` (a pool generated once, in ``--workers`` processes; each size
@@ -90,7 +90,8 @@ def prepare(root: Path, n: int, workers: int) -> tuple[Path, float]:
 
 def warm(data: Path, workers: int) -> None:
     """Read every video once, so that both decodes find them in the page cache (else the first pays the cold reads),
-    and run the plain loop unmeasured on 2,000 of them: after a pause this machine's first ~10 s run up to 2x slower."""
+    and run the plain loop unmeasured on up to 2,000 of them: after a pause this machine's first ~10 s run up to
+    2x slower."""
     for path in sorted(data.glob("*/*.mkv")):
         path.read_bytes()
     run_child(["--child", "plain", "--data", str(data), "--workers", str(workers), "--limit", "2000"])
@@ -255,7 +256,7 @@ def report(rows: list[dict], args, started: str, load: tuple) -> None:
         f"average at start {_loads(load)}, at end {_loads(os.getloadavg())}",
         f"- videos: {FRAMES} frames of {SIZE}x{SIZE}, FFV1/Matroska, {CLASSES} classes; {args.workers} decoding "
         "processes in both columns; clips decoded at 8x32x32, one per video",
-        "- each size: the videos read once (page cache warm for both) and 2,000 decoded unmeasured, then pairs "
+        "- each size: the videos read once (page cache warm for both) and up to 2,000 decoded unmeasured, then pairs "
         "(project decode, plain loop) "
         f"back to back until the project side has run {args.min_seconds:g} s (at most {args.max_pairs} pairs); "
         "rates, ratio and peaks are medians over the pairs, the ratio's range beside it", "",
